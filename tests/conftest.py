@@ -1,0 +1,11 @@
+"""Test set-up shared by the whole suite."""
+
+import os
+
+# Two CPU devices, so pmap/chex `with_pmap` variants and data-parallel tests run on a 2-core CPU.
+# Must happen before JAX initialises its backends.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+
+import chex  # noqa: E402
+
+chex.set_n_cpu_devices(2)

@@ -1,0 +1,1 @@
+"""Training, evaluation and inference entry points of dsnt-jax."""
