@@ -1,0 +1,102 @@
+"""Isotropic Gaussian target heatmaps on the normalised grid, σ in heatmap pixels."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from dsnt_jax.ops._checks import (
+    Array,
+    ArrayLike,
+    _check_coords,
+    _check_positive,
+    _check_size,
+    _float,
+)
+from dsnt_jax.ops.coordinates import normalized_linspace
+
+
+def _gauss_axes(means: Array, size: tuple[int, ...], sigma: Array, normalize: bool) -> list[Array]:
+    """Per-axis factors of an isotropic Gaussian on the normalised grid, in array (…, H, W) order.
+
+    ``means`` is ``[..., L, d]`` in (x, y, …) order and ``sigma`` (pixels) broadcasts against ``[..., L]``.
+    With ``normalize`` every factor is a softmax over its axis, so the separable product sums to 1 however
+    small ``sigma`` is or wherever the mean lies (dsntnn's joint normalisation underflows there).
+    """
+    d = len(size)
+    sigma = jnp.broadcast_to(sigma, means.shape[:-1])[..., None]
+    factors = []
+    for k, n in enumerate(size):
+        mu = means[..., d - 1 - k][..., None]
+        grid = normalized_linspace(n, means.dtype)
+        two_var = 2.0 * jnp.square(2.0 * sigma / n)  # σ in pixels → normalised units on this axis
+        if not normalize:
+            factors.append(jnp.exp(-jnp.square(grid - mu) / two_var))
+            continue
+        # Measure the exponent from the grid point nearest the mean, (g−μ)² − (g*−μ)² = (g−g*)(g+g*−2μ):
+        # the same softmax, but without subtracting two huge, nearly equal numbers when σ is tiny or the
+        # mean is far off the map, which would cost float32 all its digits.
+        nearest = jnp.clip(jnp.round(((mu + 1.0) * n - 1.0) / 2.0), 0, n - 1)
+        g_star = jax.lax.stop_gradient((2.0 * nearest + 1.0) / n - 1.0)
+        factors.append(jax.nn.softmax(-(grid - g_star) * (grid + g_star - 2.0 * mu) / two_var, axis=-1))
+    return factors
+
+
+def _outer_product(factors: list[Array]) -> Array:
+    """Π_k f_k as an outer product: ``[..., n_1], …, [..., n_d]`` → ``[..., n_1, …, n_d]``."""
+    d = len(factors)
+    total = 1.0
+    for k, f in enumerate(factors):
+        shape = f.shape[:-1] + tuple(f.shape[-1] if j == k else 1 for j in range(d))
+        total = total * f.reshape(shape)
+    return total
+
+
+@functools.partial(jax.jit, static_argnames=("size", "normalize"))
+def _make_gauss(means: Array, size: tuple[int, ...], sigma: Array, normalize: bool) -> Array:
+    return _outer_product(_gauss_axes(_float(means), size, _float(sigma), normalize))
+
+
+def _check_sigma(sigma, means: Array, name: str = "sigma") -> Array:
+    sigma = jnp.asarray(sigma)
+    _check_positive(sigma, name)
+    try:
+        jnp.broadcast_shapes(sigma.shape, means.shape[:-1])
+    except ValueError:
+        raise ValueError(
+            f"{name} must be a scalar or broadcastable to the points' shape [..., L] = {tuple(means.shape[:-1])}, "
+            f"got shape {tuple(sigma.shape)}"
+        ) from None
+    return sigma
+
+
+def make_gauss(
+    means: ArrayLike, size: Sequence[int], sigma: float | ArrayLike, normalize: bool = True
+) -> Array:
+    """Renders isotropic Gaussians centred on normalised points (the paper's target distribution).
+
+    Separable: a product over axes of ``exp(-(g - μ)² / (2 σ_n²))`` on the normalised pixel-centre grid ``g``,
+    with ``σ_n = 2σ/n`` so that ``sigma`` is in heatmap pixels on every axis (isotropic in pixel space).
+
+    Args:
+      means: ``[..., L, d]`` centres in normalised (x, y[, z]) coordinates; may lie between pixels or outside
+        the map.
+      size: the spatial shape ``(…, H, W)`` of the maps to draw, ``d`` lengths.
+      sigma: standard deviation in pixels (``> 0``): a float, or an array broadcastable to ``[..., L]``.
+      normalize: if True (default) each map sums to 1 as a discrete distribution over pixel centres (the
+        normalisation is done per axis in log space, so it holds even for σ = 0.05 px with an off-grid mean or
+        a mean far outside the map, where dsntnn's maps underflow to zero). If False the peak value is ≤ 1.
+
+    Returns:
+      ``[..., L, *size]`` float32 maps.
+    """
+    means = jnp.asarray(means)
+    _check_coords(means, name="means")
+    size = _check_size(size, means.shape[-1])
+    sigma = _check_sigma(sigma, means)
+    return _make_gauss(means, size, sigma, bool(normalize))
+
+
