@@ -1,0 +1,127 @@
+"""The pose loss of the paper's four configurations (HM, FC, DSNT, DSNTr), summed over hourglass stacks.
+
+* DSNT / FC (paper Eq. 3): average_loss(euclidean, mask) + λ·average_loss(reg, mask) per stack, where
+  reg is none, 'js' or 'kl' (divergence between the normalised heatmap and a normalised Gaussian of
+  σ_t pixels at the target, `dsnt_jax.ops`), or 'var' (paper Eq. 5). The paper's "DSNTr" is
+  reg='js', σ_t = 1 px, λ = 1.
+* HM: mean squared error between the raw heatmaps and `hm_encode` targets (unnormalised Gaussian,
+  σ = `sigma_t` px, 7×7 window) over all B·J·H·W elements, **without** a joint mask, as the paper's
+  code (`nn.functional.mse_loss`); `hm_masked=True` averages over the unmasked joints instead.
+
+Variance units: `ops.variance_reg_losses` works in pixels² (dsntnn). The paper's code computed the
+variance term in normalised units (σ_t converted to 2σ_t/n), and its λ = 100 for 'var' refers to
+those, so 'var' here is normalised: Σ_k (Var_k − (2σ_t/n_k)²)² with Var_k in normalised units², which
+for an n×n map equals the pixel value divided by (n/2)⁴.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from dsnt_jax import ops
+from dsnt_jax.models.heads import OUTPUTS, hm_encode
+
+REGULARIZERS: tuple[str, ...] = ("none", "js", "kl", "var")
+
+
+def variance_reg_losses_normalized(heatmaps: jax.Array, sigma_t: float) -> jax.Array:
+    """Paper Eq. 5 in normalised units: Σ_k (Var[c_k] − σ_k²)², σ_k = 2·sigma_t/n_k.
+
+    Args:
+      heatmaps: [..., J, H, W] normalised heatmaps.
+      sigma_t: target standard deviation in heatmap pixels.
+
+    Returns:
+      float32 [..., J].
+    """
+    variance = ops.heatmap_variance(heatmaps)                      # [..., J, 2] (x, y)
+    height, width = heatmaps.shape[-2:]
+    target = jnp.square(2.0 * sigma_t / jnp.asarray([width, height], jnp.float32))
+    return jnp.sum(jnp.square(variance - target), axis=-1)
+
+
+def _reg_losses(heatmaps: jax.Array, target: jax.Array, reg: str, sigma_t: float) -> jax.Array:
+    if reg == "js":
+        return ops.js_reg_losses(heatmaps, target, sigma_t)
+    if reg == "kl":
+        return ops.kl_reg_losses(heatmaps, target, sigma_t)
+    return variance_reg_losses_normalized(heatmaps, sigma_t)
+
+
+def _stacks(outputs: dict[str, Any]) -> list[dict[str, jax.Array]]:
+    """One dict per supervised output: the hourglass stacks, or the single ResNet output."""
+    if "stacks" not in outputs:
+        return [outputs]
+    stacked = outputs["stacks"]
+    n = stacked["coords"].shape[0]
+    return [{k: v[i] for k, v in stacked.items()} for i in range(n)]
+
+
+def pose_loss(outputs: dict[str, Any], target_coords: jax.Array, mask: jax.Array, *,
+              output: str, reg: str = "none", sigma_t: float = 1.0, reg_coeff: float = 1.0,
+              hm_masked: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The training loss of a pose model's outputs (see the module docstring).
+
+    Args:
+      outputs: a model's output dict: 'coords' [B, J, 2] and 'heatmaps' [B, J, H, W], and for
+        hourglass models 'stacks' with the same keys and a leading stack axis (every stack is
+        supervised and the losses are summed).
+      target_coords: [B, J, 2] normalised (x, y) targets.
+      mask: [B, J] joint mask (1 = annotated; bool or float).
+      output: the model's output strategy, 'dsnt', 'fc' or 'hm'.
+      reg: 'none', 'js', 'kl' or 'var' (dsnt/fc only).
+      sigma_t: Gaussian σ in heatmap pixels: the regulariser's target for dsnt/fc, the target
+        Gaussian's σ for hm (the paper's `hm_sigma`, 1 px for both).
+      reg_coeff: λ of paper Eq. 3.
+      hm_masked: hm only; average over unmasked joints instead of all elements (not the paper's).
+
+    Returns:
+      (scalar float32 loss, aux) with aux['per_stack'] [S] the loss of each stack and, summed over
+      stacks, aux['euclidean'] and aux['reg'] (unscaled by λ) for dsnt/fc or aux['mse'] for hm.
+    """
+    if output not in OUTPUTS:
+        raise ValueError(f"unknown output strategy {output!r}; choose one of {OUTPUTS}")
+    if reg not in REGULARIZERS:
+        raise ValueError(f"unknown regulariser {reg!r}; choose one of {REGULARIZERS}")
+    if output == "hm" and reg != "none":
+        raise ValueError("regularisers apply to dsnt/fc outputs; use reg='none' with output='hm'")
+    if isinstance(sigma_t, (int, float)) and sigma_t <= 0:  # traced values cannot be checked
+        raise ValueError(f"sigma_t must be positive (heatmap pixels), got {sigma_t}")
+    target_coords = jnp.asarray(target_coords, jnp.float32)
+    mask = jnp.asarray(mask).astype(jnp.float32)
+    if target_coords.ndim != 3 or target_coords.shape[-1] != 2:
+        raise ValueError(f"target_coords must be [B, J, 2], got shape {target_coords.shape}")
+    if mask.shape != target_coords.shape[:-1]:
+        raise ValueError(f"mask must be [B, J] = {target_coords.shape[:-1]}, got {mask.shape}")
+    stacks = _stacks(outputs)
+    if stacks[-1]["coords"].shape != target_coords.shape:
+        raise ValueError(f"model coords {stacks[-1]['coords'].shape} and target_coords "
+                         f"{target_coords.shape} differ in shape")
+
+    per_stack, parts = [], []
+    for out in stacks:
+        heatmaps = out["heatmaps"].astype(jnp.float32)
+        if output == "hm":
+            target_hm = hm_encode(target_coords, heatmaps.shape[-2:], sigma_t)
+            sq = jnp.square(heatmaps - target_hm)
+            if hm_masked:
+                mse = ops.average_loss(jnp.mean(sq, axis=(-2, -1)), mask)
+            else:
+                mse = jnp.mean(sq)
+            per_stack.append(mse)
+            parts.append({"mse": mse})
+            continue
+        euclid = ops.average_loss(ops.euclidean_losses(out["coords"], target_coords), mask)
+        if reg == "none":
+            reg_value = jnp.zeros((), jnp.float32)
+        else:
+            reg_value = ops.average_loss(_reg_losses(heatmaps, target_coords, reg, sigma_t), mask)
+        per_stack.append(euclid + reg_coeff * reg_value)
+        parts.append({"euclidean": euclid, "reg": reg_value})
+
+    aux = {k: sum(p[k] for p in parts) for k in parts[0]}
+    aux["per_stack"] = jnp.stack(per_stack)
+    return jnp.sum(aux["per_stack"]), aux

@@ -1,0 +1,250 @@
+"""Fully convolutional torchvision ResNets with the paper's dilation rule, and the ResNet pose model.
+
+Layout is NHWC; module names mirror torchvision's (conv1, bn1, layer{1..4}_{block}/conv1…) so that
+`dsnt_jax.models.pretrained` can map ImageNet weights one to one.
+
+Heatmap resolution (paper §6.1, anibali/dsnt-pose2d `ResNetHumanPoseModel`): the last `dilate` of the
+downsampling stages (layer2..layer4) lose their stride; the i-th such stage (i = 0, 1, 2 in layer order)
+uses dilation d = 2^(i+1) in its 3×3 convolutions, except block 0's formerly strided 3×3, which keeps
+dilation 1 (the reference rewrites each conv: stride 2 → stride 1, *else* 3×3 → dilation d).
+torchvision's `replace_stride_with_dilation` differs: it gives that conv the previous stage's dilation
+and refuses dilation in BasicBlock (ResNet-18/34). For a 224-px input, dilate 0/1/2/3 gives heatmaps
+of 7/14/28/56 px (output stride 32/16/8/4).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from dsnt_jax.models.heads import check_output, make_fc, outputs_from_logits
+from dsnt_jax.models.layers import (
+    BatchNorm,
+    resnet_conv_init,
+    torch_default_kernel_init,
+    torch_padding,
+)
+
+Dtype = Any
+
+# name → (block, stage sizes), as torchvision.
+RESNET_SPECS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+    "resnet101": ("bottleneck", (3, 4, 23, 3)),
+    "resnet152": ("bottleneck", (3, 8, 36, 3)),
+}
+EXPANSION = {"basic": 1, "bottleneck": 4}
+# Heatmap side for a 224-px input → number of dilated stages.
+RES_TO_DILATE: dict[int, int] = {7: 0, 14: 1, 28: 2, 56: 3}
+
+
+def stage_plan(num_stages: int, dilate: int) -> list[tuple[int, int]]:
+    """(stride, dilation) of each stage under the paper's rule.
+
+    Stage 0 (layer1) never downsamples; stages 1.. stride 2 unless among the last `dilate`, which get
+    stride 1 and dilation 2, 4, 8 in order.
+    """
+    if not 0 <= dilate <= num_stages - 1:
+        raise ValueError(f"dilate must be in [0, {num_stages - 1}], got {dilate}")
+    plan = []
+    first_dilated = num_stages - dilate
+    for s in range(num_stages):
+        if s == 0:
+            plan.append((1, 1))
+        elif s >= first_dilated:
+            plan.append((1, 2 ** (s - first_dilated + 1)))
+        else:
+            plan.append((2, 1))
+    return plan
+
+
+def output_stride(dilate: int, num_stages: int = 4) -> int:
+    """Total stride of the trunk: 4 (stem) × 2 per undilated downsampling stage."""
+    return 4 * 2 ** (num_stages - 1 - dilate)
+
+
+def feature_size(input_size: int, dilate: int, num_stages: int = 4) -> int:
+    """Heatmap side for an `input_size` image: every stride-2 layer maps n → ⌈n/2⌉ (PyTorch padding)."""
+    n = int(input_size)
+    for _ in range(2 + num_stages - 1 - dilate):
+        n = -(-n // 2)
+    return n
+
+
+class BasicBlock(nn.Module):
+    """torchvision BasicBlock: 3×3 → 3×3, identity or 1×1-conv shortcut. Output `features` channels.
+
+    `stride_conv_dilation` is the dilation of conv1 (the 3×3 that carries a stage's stride); `dilation`
+    that of conv2.
+    """
+
+    features: int
+    strides: int
+    dilation: int
+    stride_conv_dilation: int
+    downsample: bool
+    conv: Any
+    norm: Any
+    expansion: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        d0, d1 = self.stride_conv_dilation, self.dilation
+        y = self.conv(self.features, (3, 3), (self.strides, self.strides), torch_padding(3, d0),
+                      kernel_dilation=(d0, d0), name="conv1")(x)
+        y = nn.relu(self.norm(name="bn1")(y))
+        y = self.conv(self.features, (3, 3), (1, 1), torch_padding(3, d1),
+                      kernel_dilation=(d1, d1), name="conv2")(y)
+        y = self.norm(name="bn2")(y)
+        if self.downsample:
+            x = self.conv(self.features, (1, 1), (self.strides, self.strides), "VALID",
+                          name="downsample_conv")(x)
+            x = self.norm(name="downsample_bn")(x)
+        return nn.relu(y + x)
+
+
+class Bottleneck(nn.Module):
+    """torchvision Bottleneck (v1.5, stride on the 3×3): 1×1 → 3×3 → 1×1 (×4 channels)."""
+
+    features: int
+    strides: int
+    dilation: int
+    stride_conv_dilation: int
+    downsample: bool
+    conv: Any
+    norm: Any
+    expansion: int = 4
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        d0 = self.stride_conv_dilation
+        y = self.conv(self.features, (1, 1), (1, 1), "VALID", name="conv1")(x)
+        y = nn.relu(self.norm(name="bn1")(y))
+        y = self.conv(self.features, (3, 3), (self.strides, self.strides), torch_padding(3, d0),
+                      kernel_dilation=(d0, d0), name="conv2")(y)
+        y = nn.relu(self.norm(name="bn2")(y))
+        y = self.conv(self.features * 4, (1, 1), (1, 1), "VALID", name="conv3")(y)
+        y = self.norm(name="bn3")(y)
+        if self.downsample:
+            x = self.conv(self.features * 4, (1, 1), (self.strides, self.strides), "VALID",
+                          name="downsample_conv")(x)
+            x = self.norm(name="downsample_bn")(x)
+        return nn.relu(y + x)
+
+
+class ResNet(nn.Module):
+    """ResNet trunk conv1 … layer4 without average pooling and fc (torchvision layout, NHWC).
+
+    Attributes:
+      stage_sizes: blocks per stage, e.g. (3, 4, 6, 3) for ResNet-34/50.
+      block: 'basic' or 'bottleneck'.
+      dilate: how many trailing downsampling stages are dilated instead (0–3; see module docstring).
+      widths: base channels per stage (bottleneck output is 4×).
+      stem_width: channels of conv1.
+      dtype / param_dtype: computation and parameter dtypes.
+      axis_name: BatchNorm cross-device axis (pmap/shard_map), or None.
+      bn_momentum: flax-convention BatchNorm momentum (0.9 = PyTorch's 0.1).
+    """
+
+    stage_sizes: Sequence[int]
+    block: str = "basic"
+    dilate: int = 0
+    widths: Sequence[int] = (64, 128, 256, 512)
+    stem_width: int = 64
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    axis_name: str | None = None
+    bn_momentum: float = 0.9
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """[B, S, S, 3] images → [B, s, s, C] features, s = feature_size(S, dilate)."""
+        if self.block not in EXPANSION:
+            raise ValueError(f"block must be 'basic' or 'bottleneck', got {self.block!r}")
+        if len(self.widths) != len(self.stage_sizes):
+            raise ValueError(f"widths {tuple(self.widths)} and stage_sizes "
+                             f"{tuple(self.stage_sizes)} must have the same length")
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                                 param_dtype=self.param_dtype, kernel_init=resnet_conv_init)
+        norm = functools.partial(BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
+                                 axis_name=self.axis_name, dtype=self.dtype,
+                                 param_dtype=self.param_dtype)
+        block_cls = BasicBlock if self.block == "basic" else Bottleneck
+        expansion = EXPANSION[self.block]
+
+        x = x.astype(self.dtype)
+        x = conv(self.stem_width, (7, 7), (2, 2), torch_padding(7), name="conv1")(x)
+        x = nn.relu(norm(name="bn1")(x))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        in_features = self.stem_width
+        plan = stage_plan(len(self.stage_sizes), self.dilate)
+        for s, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
+            stride, dilation = plan[s]
+            # The shortcut conv exists iff torchvision builds one (original stride 2 or a channel
+            # change), so the parameter tree does not depend on `dilate`.
+            original_stride = 1 if s == 0 else 2
+            for b in range(num_blocks):
+                x = block_cls(
+                    features=width,
+                    strides=stride if b == 0 else 1,
+                    dilation=dilation,
+                    stride_conv_dilation=1 if b == 0 else dilation,
+                    downsample=b == 0 and (original_stride != 1 or in_features != width * expansion),
+                    conv=conv, norm=norm, name=f"layer{s + 1}_{b}")(x)
+                in_features = width * expansion
+        return x
+
+
+class ResNetPose(nn.Module):
+    """The paper's ResNet pose network: trunk → 1×1 conv (no bias) to J heatmaps → output strategy.
+
+    Attributes:
+      stage_sizes, block, widths, stem_width: trunk shape (see `ResNet`; `RESNET_SPECS`).
+      dilate: 0–3 dilated stages (heatmap 7·2^dilate px for a 224-px input).
+      num_joints: J heatmap channels.
+      output: 'dsnt', 'fc' or 'hm' (`dsnt_jax.models.heads`).
+      activation: heatmap activation for dsnt/fc.
+      dtype, param_dtype, axis_name, bn_momentum: as `ResNet`. The head's outputs are float32.
+
+    Input: [B, S, S, 3] RGB in [0, 1] (the paper feeds ImageNet-pretrained weights unnormalised
+    images). Output: {'coords': [B, J, 2], 'heatmaps': [B, J, h, w], 'logits': [B, J, h, w]}.
+    """
+
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    block: str = "basic"
+    dilate: int = 0
+    widths: Sequence[int] = (64, 128, 256, 512)
+    stem_width: int = 64
+    num_joints: int = 16
+    output: str = "dsnt"
+    activation: str = "softmax"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    axis_name: str | None = None
+    bn_momentum: float = 0.9
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
+        """[B, S, S, 3] → dict of [B, J, 2] coords and [B, J, h, w] maps (see class docstring)."""
+        check_output(self.output, self.activation)
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be NHWC [B, S, S, 3], got shape {images.shape}")
+        feats = ResNet(stage_sizes=self.stage_sizes, block=self.block, dilate=self.dilate,
+                       widths=self.widths, stem_width=self.stem_width, dtype=self.dtype,
+                       param_dtype=self.param_dtype, axis_name=self.axis_name,
+                       bn_momentum=self.bn_momentum, name="backbone")(images, train)
+        # The reference leaves hm_conv at PyTorch's default Conv2d init.
+        logits = nn.Conv(self.num_joints, (1, 1), use_bias=False, dtype=self.dtype,
+                         param_dtype=self.param_dtype, kernel_init=torch_default_kernel_init,
+                         name="hm_conv")(feats)
+        fc = None
+        if self.output == "fc":
+            fc = make_fc(logits.shape[1] * logits.shape[2], self.param_dtype)
+        return outputs_from_logits(logits, output=self.output, activation=self.activation, fc=fc)
