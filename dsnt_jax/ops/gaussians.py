@@ -19,12 +19,14 @@ from dsnt_jax.ops._checks import (
 from dsnt_jax.ops.coordinates import normalized_linspace
 
 
-def _gauss_axes(means: Array, size: tuple[int, ...], sigma: Array, normalize: bool) -> list[Array]:
+def _gauss_axes(means: Array, size: tuple[int, ...], sigma: Array, normalize: bool, log: bool = False
+                ) -> list[Array]:
     """Per-axis factors of an isotropic Gaussian on the normalised grid, in array (…, H, W) order.
 
     ``means`` is ``[..., L, d]`` in (x, y, …) order and ``sigma`` (pixels) broadcasts against ``[..., L]``.
     With ``normalize`` every factor is a softmax over its axis, so the separable product sums to 1 however
-    small ``sigma`` is or wherever the mean lies (dsntnn's joint normalisation underflows there).
+    small ``sigma`` is or wherever the mean lies (dsntnn's joint normalisation underflows there). With
+    ``log`` (normalised only) the factors are log-probabilities, finite even where the probability underflows.
     """
     d = len(size)
     sigma = jnp.broadcast_to(sigma, means.shape[:-1])[..., None]
@@ -41,7 +43,8 @@ def _gauss_axes(means: Array, size: tuple[int, ...], sigma: Array, normalize: bo
         # mean is far off the map, which would cost float32 all its digits.
         nearest = jnp.clip(jnp.round(((mu + 1.0) * n - 1.0) / 2.0), 0, n - 1)
         g_star = jax.lax.stop_gradient((2.0 * nearest + 1.0) / n - 1.0)
-        factors.append(jax.nn.softmax(-(grid - g_star) * (grid + g_star - 2.0 * mu) / two_var, axis=-1))
+        logits = -(grid - g_star) * (grid + g_star - 2.0 * mu) / two_var
+        factors.append((jax.nn.log_softmax if log else jax.nn.softmax)(logits, axis=-1))
     return factors
 
 
@@ -53,6 +56,20 @@ def _outer_product(factors: list[Array]) -> Array:
         shape = f.shape[:-1] + tuple(f.shape[-1] if j == k else 1 for j in range(d))
         total = total * f.reshape(shape)
     return total
+
+
+def _outer_sum(terms: list[Array]) -> Array:
+    """Σ_k t_k as an outer sum: ``[..., n_1], …, [..., n_d]`` → ``[..., n_1, …, n_d]``."""
+    d = len(terms)
+    total = 0.0
+    for k, t in enumerate(terms):
+        total = total + t.reshape(t.shape[:-1] + tuple(t.shape[-1] if j == k else 1 for j in range(d)))
+    return total
+
+
+def _log_gauss(means: Array, size: tuple[int, ...], sigma: Array) -> Array:
+    """``log(make_gauss(means, size, sigma))`` without taking a logarithm per cell: ``[..., L, *size]``."""
+    return _outer_sum(_gauss_axes(means, size, sigma, True, log=True))
 
 
 @functools.partial(jax.jit, static_argnames=("size", "normalize"))
