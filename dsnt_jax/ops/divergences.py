@@ -21,7 +21,7 @@ from dsnt_jax.ops._checks import (
     _sum_spatial,
 )
 from dsnt_jax.ops.coordinates import _heatmap_variance
-from dsnt_jax.ops.gaussians import _check_sigma, _log_gauss, _make_gauss
+from dsnt_jax.ops.gaussians import _check_sigma, _gauss_axes, _make_gauss, _outer_product, _outer_sum
 
 # Added inside the logarithms of the divergences, exactly as dsntnn does, so that a cell where both maps are
 # zero contributes 0 with a finite gradient instead of 0·log 0.
@@ -160,9 +160,10 @@ def _js_gauss_sum(h: Array, mu: Array, sigma: Array, spatial_ndim: int) -> Array
 
 
 def _js_gauss_parts(h, mu, sigma, spatial_ndim):
-    size = h.shape[-spatial_ndim:]
-    log_q = _log_gauss(mu, size, sigma)
-    q = jnp.exp(log_q)
+    log_factors = _gauss_axes(mu, h.shape[-spatial_ndim:], sigma, True, log=True)
+    log_q = _outer_sum(log_factors)
+    # The target itself as a product of per-axis probabilities: multiplies per cell instead of exponentials.
+    q = _outer_product([jnp.exp(f) for f in log_factors])
     m = 0.5 * (h + q)
     log_m = _log_eps(m)
     h_log_ratio = _log_eps(h) - log_m

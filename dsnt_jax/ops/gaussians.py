@@ -67,11 +67,6 @@ def _outer_sum(terms: list[Array]) -> Array:
     return total
 
 
-def _log_gauss(means: Array, size: tuple[int, ...], sigma: Array) -> Array:
-    """``log(make_gauss(means, size, sigma))`` without taking a logarithm per cell: ``[..., L, *size]``."""
-    return _outer_sum(_gauss_axes(means, size, sigma, True, log=True))
-
-
 @functools.partial(jax.jit, static_argnames=("size", "normalize"))
 def _make_gauss(means: Array, size: tuple[int, ...], sigma: Array, normalize: bool) -> Array:
     return _outer_product(_gauss_axes(_float(means), size, _float(sigma), normalize))
