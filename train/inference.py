@@ -1,0 +1,200 @@
+"""Python API for trained models: load a checkpoint, predict joints for a batch of images.
+
+    from train.inference import PoseEstimator
+    estimator = PoseEstimator.from_checkpoint("runs/default")           # best checkpoint by PCKh
+    [pred] = estimator.predict([image])                                 # image: uint8 [H, W, 3] RGB
+    pred.joints      # [16, 2] (x, y) pixels, 0-based, pixel centres at integers
+    pred.heatmaps    # [16, h, w] normalised heatmaps (raw maps for HM models)
+    pred.spread      # [16] RMS spread of each heatmap in image pixels (small = confident)
+
+Each image is cropped around a person box exactly as in training (the MPII convention: a square of side
+250·scale centred on (cx, cy + 15·scale)); without a box the whole image is used (its longer side framed
+by the box).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from data import augment, records
+from data.joints import NUM_JOINTS
+from dsnt_jax import ops
+from dsnt_jax.models import create_model
+from train import config as config_lib
+from train.checkpoint import Checkpointer
+from train.steps import coords_from_logits
+
+# The record image frame is MPII's, 1-based; predictions are returned 0-based (numpy pixel centres).
+_FRAME_OFFSET = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Box:
+    """A person box in MPII terms: objpos ``center`` (x, y) in 0-based pixels and ``scale`` = height/200."""
+
+    center: tuple[float, float]
+    scale: float
+
+    @classmethod
+    def whole_image(cls, height: int, width: int) -> Box:
+        """The box whose side (250·scale) is the image's longer side, centred on the image."""
+        scale = max(height, width) / records.BOX_SIDE_PER_SCALE
+        return cls(((width - 1) / 2, (height - 1) / 2 - records.BOX_DY_PER_SCALE * scale), scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """One image's prediction; coordinates in 0-based image pixels."""
+
+    joints: np.ndarray  # [16, 2] (x, y)
+    coords: np.ndarray  # [16, 2] normalised (x, y) in the network's input crop (±1 = crop edges)
+    heatmaps: np.ndarray  # [16, h, w], covering the input crop
+    spread: np.ndarray  # [16] RMS spread of each heatmap, image pixels
+    box: Box
+
+
+def _canvas_size(input_size: int) -> int:
+    # The box covers 2/3 of the canvas side; render it at least at the network's resolution, and the
+    # canvas side must be a multiple of 6 (records.features).
+    return 6 * math.ceil(1.5 * input_size / 6)
+
+
+class PoseEstimator:
+    """A trained pose network with its preprocessing; see the module docstring."""
+
+    def __init__(self, cfg: config_lib.Config, variables: dict[str, Any], *, flip_test: bool = False):
+        """Wraps restored `variables` ({'params', 'batch_stats'}) of the model described by `cfg`."""
+        self.config = cfg
+        self.flip_test = flip_test
+        self.model = create_model(cfg.backbone, res=cfg.res if cfg.is_resnet else None, output=cfg.output,
+                                  activation=cfg.activation, **cfg.overrides_dict())
+        self.variables = jax.device_put(variables)
+        self.mean_rgb = None if cfg.is_resnet else augment.HOURGLASS_INPUT.mean_rgb
+        self._forward = jax.jit(self._forward_impl)
+
+    @classmethod
+    def from_checkpoint(cls, workdir: str | os.PathLike, *, step: str | int = "best",
+                        flip_test: bool = False) -> PoseEstimator:
+        """Loads `workdir` (as written by `python -m train.main --workdir`).
+
+        Args:
+          workdir: the training run's directory (holds config.json and checkpoints/).
+          step: 'best' (highest validation PCKh, else the latest), 'latest', or a step number.
+          flip_test: average the predictions of each image and its mirror (paper-recipe §8).
+        """
+        workdir = os.fspath(workdir)
+        config_path = os.path.join(workdir, config_lib.CONFIG_FILE)
+        if not os.path.exists(config_path):
+            raise FileNotFoundError(f"{workdir} is not a training run directory: {config_path} is missing "
+                                    f"(train one with `python -m train.main --workdir {workdir} ...`)")
+        with open(config_path, encoding="utf-8") as f:
+            cfg = config_lib.Config.from_json(f.read())
+        checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+        try:
+            steps = checkpointer.all_steps()
+            if not steps:
+                raise FileNotFoundError(f"no complete checkpoint in {checkpointer.directory}")
+            chosen = _choose_step(checkpointer, steps, step)
+            state, _ = checkpointer.restore_raw(chosen)
+        finally:
+            checkpointer.close()
+        variables = {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
+        return cls(cfg, variables, flip_test=flip_test)
+
+    def _forward_impl(self, variables: Any, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        out = self.model.apply(variables, images, train=False)
+        logits = out["logits"]
+        if self.flip_test:
+            mirrored = self.model.apply(variables, augment.flip_images(images), train=False)["logits"]
+            logits = 0.5 * (logits + augment.unflip_heatmaps(mirrored))
+        coords = coords_from_logits(logits, variables["params"], output=self.config.output,
+                                    activation=self.config.activation)
+        heatmaps = logits if self.config.output == "hm" else ops.heatmap_activation(logits, self.config.activation)
+        return coords, heatmaps
+
+    def preprocess(self, image: np.ndarray, box: Box | None = None) -> dict[str, np.ndarray]:
+        """Crops one RGB image [H, W, 3] (uint8 or float in [0, 1]) to the network input.
+
+        Returns:
+          {'image': float32 [S, S, 3], 'normalized_to_image': [2, 3] affine to the MPII (1-based) frame}.
+        """
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(f"expected an RGB image [H, W, 3], got shape {image.shape}")
+        if image.dtype != np.uint8:
+            image = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+        box = box or Box.whole_image(*image.shape[:2])
+        if box.scale <= 0:
+            raise ValueError(f"the person box scale must be > 0, got {box.scale}")
+        canvas_size = _canvas_size(self.config.input_size)
+        center = np.asarray(box.center, np.float64) + _FRAME_OFFSET
+        canvas_to_image = records.canvas_transform(center, box.scale, canvas_size)
+        record = {"image": records.render_canvas(image, canvas_to_image, canvas_size),
+                  "joints": np.zeros((NUM_JOINTS, 2), np.float32), "annotated": np.zeros(NUM_JOINTS, bool),
+                  "canvas_to_image": canvas_to_image}
+        sample = augment.preprocess_eval(record, self.config.input_size, self.mean_rgb)
+        return {"image": sample["image"], "normalized_to_image": sample["normalized_to_image"]}
+
+    def predict(self, images: Sequence[np.ndarray], boxes: Sequence[Box | None] | None = None
+                ) -> list[Prediction]:
+        """Predicts the 16 MPII joints of one person per image.
+
+        Args:
+          images: RGB images [H, W, 3], uint8 or float in [0, 1], any sizes.
+          boxes: optional person box per image (None entries: the whole image).
+
+        Returns:
+          One Prediction per image.
+        """
+        boxes = list(boxes) if boxes is not None else [None] * len(images)
+        if len(boxes) != len(images):
+            raise ValueError(f"got {len(images)} images but {len(boxes)} boxes")
+        if not images:
+            return []
+        samples = [self.preprocess(im, box) for im, box in zip(images, boxes)]
+        batch = jnp.asarray(np.stack([s["image"] for s in samples]))
+        coords, heatmaps = jax.device_get(self._forward(self.variables, batch))
+        affines = np.stack([s["normalized_to_image"] for s in samples])
+        joints = augment.normalized_to_image_points(coords, affines) - _FRAME_OFFSET
+        spread = _spread_pixels(heatmaps, affines) if self.config.output != "hm" else np.full(
+            heatmaps.shape[:2], np.nan)
+        return [Prediction(joints=joints[i].astype(np.float32), coords=coords[i], heatmaps=heatmaps[i],
+                           spread=spread[i],
+                           box=box or Box.whole_image(*np.asarray(im).shape[:2]))
+                for i, (im, box) in enumerate(zip(images, boxes))]
+
+
+def _spread_pixels(heatmaps: np.ndarray, affines: np.ndarray) -> np.ndarray:
+    """RMS spread of each heatmap [B, J] in image pixels (from its variance in normalised units)."""
+    variance = np.asarray(ops.heatmap_variance(heatmaps))  # [B, J, 2] normalised²
+    pixels_per_unit = np.abs(affines[:, 0, 0])[:, None]  # isotropic crop: same scale on both axes
+    return np.sqrt(variance.mean(axis=-1)) * pixels_per_unit
+
+
+def _choose_step(checkpointer: Checkpointer, steps: list[int], step: str | int) -> int:
+    if step == "latest":
+        return steps[-1]
+    if step == "best":
+        _, meta = checkpointer.restore_raw(steps[-1])
+        best = meta.get("best_step")
+        return int(best) if best in steps else steps[-1]
+    if isinstance(step, (int, np.integer)) or (isinstance(step, str) and step.isdigit()):
+        if int(step) not in steps:
+            raise ValueError(f"no checkpoint at step {step}; available: {steps}")
+        return int(step)
+    raise ValueError(f"step must be 'best', 'latest' or a step number, got {step!r}")
+
+
+@functools.lru_cache(maxsize=4)
+def load(workdir: str, step: str | int = "best", flip_test: bool = False) -> PoseEstimator:
+    """Cached :meth:`PoseEstimator.from_checkpoint` (for notebooks and repeated CLI use)."""
+    return PoseEstimator.from_checkpoint(workdir, step=step, flip_test=flip_test)
