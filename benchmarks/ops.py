@@ -6,6 +6,7 @@ softmax → DSNT → Euclidean + λ·JS(σ_t = 1 px), λ = 1, masked mean, and i
     python -m benchmarks.ops [--batch 32] [--points 16] [--sizes 7,28,64] [--repeats 50]
 
 Prints the median time per call of each library, its spread (scaled MAD) and the ratio dsntnn / dsnt-jax.
+The two libraries are timed alternately, call by call, so that both see the same machine load.
 dsntnn is skipped (with a note) when torch or dsntnn is not installed.
 """
 
@@ -30,14 +31,17 @@ def _median_mad(times: list[float]) -> tuple[float, float]:
     return med, mad
 
 
-def _time(fn, repeats: int, warmup: int = 3) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
+def _time_interleaved(fns: list, repeats: int, warmup: int = 3) -> list[list[float]]:
+    """Per-call wall times of each function, alternating between them so that they share any load."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+        for fn, out in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
     return times
 
 
@@ -101,10 +105,14 @@ def main(argv: list[str] | None = None) -> None:
         logits = rng.normal(size=(args.batch, args.points, n, n)).astype(np.float32)
         target = rng.uniform(-0.9, 0.9, size=(args.batch, args.points, 2)).astype(np.float32)
         mask = (rng.uniform(size=(args.batch, args.points)) > 0.1).astype(np.float32)
-        ours, ours_mad = _median_mad(_time(jax_step(*map(jnp.asarray, (logits, target, mask))), args.repeats))
+        fns = [jax_step(*map(jnp.asarray, (logits, target, mask)))]
+        if torch_version:
+            fns.append(torch_step(logits, target, mask))
+        times = _time_interleaved(fns, args.repeats)
+        ours, ours_mad = _median_mad(times[0])
         cells = f"{n:>3}×{n:<3} | {ours * 1e3:>8.3f} ± {ours_mad * 1e3:<5.3f}"
         if torch_version:
-            theirs, theirs_mad = _median_mad(_time(torch_step(logits, target, mask), args.repeats))
+            theirs, theirs_mad = _median_mad(times[1])
             cells += f" | {theirs * 1e3:>8.3f} ± {theirs_mad * 1e3:<5.3f} | {theirs / ours:>7.2f}×"
         print(cells)
 
