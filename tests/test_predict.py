@@ -124,3 +124,38 @@ def test_cli_prints_json_and_writes_pictures(workdir, tmp_path, capsys):
     assert predict_cli.main(["--checkpoint", str(root), str(tmp_path / "missing.png")]) == 2
     with pytest.raises(SystemExit):
         predict_cli.main(["--checkpoint", str(root), str(path), "--center", "1,2"])
+
+
+def test_evaluate_checkpoint_on_its_validation_split(workdir, tmp_path):
+    """`python -m train.evaluate --checkpoint`: predictions of the run's validation split, saved and scored."""
+    import dataclasses
+
+    import h5py
+
+    from data.synthetic_pose import builder as syn_builder
+    from train import evaluate
+
+    root, cfg, model, variables = workdir
+    data_dir = tmp_path / "tfds"
+    small = dict(synthetic_train=6, synthetic_val=5, synthetic_canvas=48)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / config_lib.CONFIG_FILE).write_text(dataclasses.replace(cfg, **small, workdir=str(run)).to_json())
+    (run / "checkpoints").symlink_to(root / "checkpoints")
+    out = tmp_path / "preds.h5"
+    status = evaluate.main(["--checkpoint", str(run), "--data-dir", str(data_dir), "--save-predictions", str(out),
+                            "--json", str(tmp_path / "r.json")])
+    assert status == 0
+    with h5py.File(out) as f:
+        preds = f["preds"][...]
+    assert preds.shape == (5, 16, 2) and np.all(np.isfinite(preds))
+    # Each prediction is the model's output on that record's eval crop, mapped to the image frame.
+    config = syn_builder.synthetic_config(6, 5, syn_builder.DEFAULT_SEED, 48)
+    val = syn_builder.SyntheticPose(config=config, data_dir=str(data_dir)).as_data_source(split="validation")
+    for i in (0, 4):
+        sample = augment.preprocess_eval(val[i], cfg.input_size)
+        coords = np.asarray(model.apply(variables, sample["image"][None], train=False)["coords"][0])
+        np.testing.assert_allclose(preds[i], augment.normalized_to_image_points(coords, sample["normalized_to_image"]),
+                                   atol=1e-3)
+    summary = json.loads((tmp_path / "r.json").read_text())
+    assert 0.0 <= summary["total"] <= 100.0 and "pckh@0.1" in summary

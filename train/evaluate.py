@@ -2,10 +2,13 @@
 
 Usage:
   python -m train.evaluate --predictions preds.h5 --annotations gt_valid.mat [--json out.json]
+  python -m train.evaluate --checkpoint WORKDIR [--flip] [--step best|latest|N] [--json out.json]
 
 Predictions and annotations are files in the layouts of ``data.eval_files`` (image frame, 1-based MPII
-pixels, the same persons in the same order). ``--json`` writes `data.pckh.PCKhResult.to_json_dict()`
-(percent values).
+pixels, the same persons in the same order). With ``--checkpoint`` a trained model predicts its run's
+validation split (flip test with ``--flip``), the predictions are saved as ``.h5`` ('preds' [N, 16, 2], the
+layout ``--predictions`` reads) and scored against the split's annotations. ``--json`` writes
+`data.pckh.PCKhResult.to_json_dict()` (percent values).
 """
 
 from __future__ import annotations
@@ -34,13 +37,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="predictions: .h5 with 'preds' [N,16,2] or [2,16,N], or .mat with 'pos_pred_src' [16,2,N] or 'preds'",
     )
+    source.add_argument("--checkpoint", type=Path, metavar="WORKDIR",
+                        help="a training run's --workdir: predict and score its validation split")
     parser.add_argument(
         "--annotations",
         type=Path,
-        required=True,
         metavar="FILE",
-        help="ground truth: toolkit .mat (pos_gt_src, jnt_missing, headboxes_src) or valid.h5 (part, normalize)",
+        help="ground truth for --predictions: toolkit .mat (pos_gt_src, jnt_missing, headboxes_src) or "
+        "valid.h5 (part, normalize)",
     )
+    parser.add_argument("--step", default="best", help="with --checkpoint: 'best' (default), 'latest' or N")
+    parser.add_argument("--flip", action="store_true", help="with --checkpoint: flip test (image + mirror)")
+    parser.add_argument("--data-dir", help="with --checkpoint: tfds data directory (default: the run's)")
+    parser.add_argument("--save-predictions", type=Path, metavar="FILE",
+                        help="with --checkpoint: where to write the .h5 predictions "
+                        "(default WORKDIR/val_predictions[_flip].h5)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results (percent) as JSON here")
     parser.add_argument("--name", help="row label in the printed table (default: the predictions file name)")
     return parser
@@ -66,6 +77,46 @@ def evaluate_prediction_file(predictions: str | Path, annotations: str | Path) -
         raise ValueError(f"{predictions} vs {annotations}: {err}") from None
 
 
+def evaluate_checkpoint(workdir: str | Path, *, step: str | int = "best", flip: bool = False,
+                        data_dir: str | None = None) -> tuple[pckh.PCKhResult, np.ndarray, str]:
+    """Predicts a run's validation split with its checkpoint and scores it.
+
+    Returns:
+      (PCKh result, predictions float64 [N, 16, 2] in the image frame, row label).
+    """
+    import dataclasses
+
+    import jax
+
+    from train import data as data_lib
+    from train import steps, validation
+    from train.inference import PoseEstimator
+
+    estimator = PoseEstimator.from_checkpoint(workdir, step=step, flip_test=flip)
+    cfg = estimator.config
+    if data_dir is not None:
+        cfg = dataclasses.replace(cfg, data_dir=data_dir)
+    datasets = data_lib.open_datasets(cfg)
+    devices = jax.local_devices()
+    eval_step = steps.make_eval_step(estimator.model.apply, output=cfg.output, activation=cfg.activation,
+                                     flip_test=flip, devices=devices)
+    variables = steps.replicate(estimator.variables, devices)
+    # The eval batch must split evenly over the local devices.
+    cfg = dataclasses.replace(cfg, batch_size=max(len(devices), cfg.batch_size - cfg.batch_size % len(devices)))
+    preds, _ = validation.predict_split(eval_step, variables, data_lib.eval_loader(cfg, datasets.val),
+                                        len(datasets.val), len(devices))
+    name = f"{Path(workdir).name} ({datasets.name}{', flip' if flip else ''})"
+    return validation.score(preds, datasets.val_targets), preds, name
+
+
+def _write_predictions(path: Path, preds: np.ndarray) -> None:
+    import h5py
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("preds", data=preds)
+
+
 def _write_json(path: Path, result: pckh.PCKhResult) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result.to_json_dict(), indent=2, allow_nan=False) + "\n")
@@ -75,11 +126,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 on success, 2 on bad input)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.predictions is not None and args.annotations is None:
+        parser.error("--predictions needs --annotations FILE (the ground truth of the same persons)")
     try:
-        # Only one source exists today; a checkpoint source would add a branch here.
-        result = evaluate_prediction_file(args.predictions, args.annotations)
-        name = args.name or args.predictions.name
-        print(pckh.format_table({name: result.summary()}))
+        if args.checkpoint is not None:
+            result, preds, name = evaluate_checkpoint(args.checkpoint, step=args.step, flip=args.flip,
+                                                      data_dir=args.data_dir)
+            out = args.save_predictions or args.checkpoint / f"val_predictions{'_flip' if args.flip else ''}.h5"
+            _write_predictions(out, preds)
+            print(f"wrote {out} ('preds' [{len(preds)}, 16, 2], image frame)")
+        else:
+            result = evaluate_prediction_file(args.predictions, args.annotations)
+            name = args.predictions.name
+        print(pckh.format_table({args.name or name: result.summary()}))
         if args.json is not None:
             _write_json(args.json, result)
             print(f"wrote {args.json}")
