@@ -1,0 +1,271 @@
+"""train.experiments: grid definitions (CPU and --full = the paper's settings), --dry-run, result collection,
+CSV, plots and table from metrics.jsonl files written in the real format, the skip-if-done logic, and one
+tiny real two-run grid trained in-process on a tiny synthetic dataset."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from train import config as C
+from train import experiments as E
+from train.metrics import METRICS_FILE, MetricsWriter
+
+COUNTS = {"fig7": 16, "fig11": 12, "table2": 4, "table3": 7}
+TINY = {"widths": [8, 8, 8, 8], "stem_width": 8, "stage_sizes": [1, 1, 1, 1]}
+
+
+@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("name", E.EXPERIMENTS)
+def test_grid_sizes_and_valid_configs(name: str, full: bool, tmp_path: Path) -> None:
+    exp = E.build_experiment(name, full=full, root=str(tmp_path))
+    assert len(exp.runs) == COUNTS[name]
+    assert len({r.name for r in exp.runs}) == len(exp.runs)
+    for run in exp.runs:
+        C.validate(run.config)
+        assert run.config.workdir == os.path.join(str(tmp_path), name, run.name)
+        assert run.config.dataset == ("mpii" if full else "synthetic")
+    # Every (series, x) cell of the figure/table is filled by exactly one run.
+    assert len({(r.series, r.x) for r in exp.runs}) == len(exp.runs)
+
+
+def _paper_common(cfg: C.Config) -> tuple:
+    return (cfg.backbone, cfg.input_size, cfg.dataset, cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_milestones,
+            cfg.lr_gamma, cfg.eval_every)
+
+
+def test_full_grids_are_the_papers_settings() -> None:
+    common = ("resnet34", 224, "mpii", 120, 32, 2.5e-4, (60, 90), 0.1, 1)
+    fig7 = E.build_experiment("fig7", full=True)
+    cells = set()
+    for run in fig7.runs:
+        c = run.config
+        assert _paper_common(c) == common and c.augment and c.train_samples is None
+        cells.add((c.res, c.output, c.reg, c.reg_coeff, c.sigma))
+        assert run.x == c.res  # 224-px input: the heatmap side is the paper's resolution name
+    assert cells == {(res, out, reg, 1.0, 1.0) for res in (7, 14, 28, 56)
+                     for out, reg in (("hm", "none"), ("fc", "none"), ("dsnt", "none"), ("dsnt", "js"))}
+    fig11 = E.build_experiment("fig11", full=True)
+    assert {(r.config.output, r.config.reg, r.config.train_samples) for r in fig11.runs} == {
+        (out, reg, n) for n in (1024, 2048, 4096, 8192) for out, reg in (("hm", "none"), ("fc", "none"),
+                                                                          ("dsnt", "js"))}
+    for run in fig11.runs:
+        assert _paper_common(run.config) == common and run.config.res == 28 and not run.config.augment
+        assert run.x == run.config.train_samples
+    table2 = E.build_experiment("table2", full=True)
+    assert {(r.config.activation, r.config.output, r.config.reg, r.config.res) for r in table2.runs} == {
+        (a, "dsnt", "none", 28) for a in ("softmax", "abs", "relu", "sigmoid")}
+    table3 = E.build_experiment("table3", full=True)
+    assert {(r.config.reg, r.config.reg_coeff, r.config.sigma) for r in table3.runs if r.config.reg != "none"} == {
+        (reg, coeff, s) for s in (1.0, 2.0) for reg, coeff in (("var", 100.0), ("kl", 1.0), ("js", 1.0))}
+    for run in (*table2.runs, *table3.runs):
+        assert _paper_common(run.config) == common and run.config.augment and run.config.res == 28
+    for run in (*fig7.runs, *fig11.runs, *table3.runs):
+        assert run.config.activation == "softmax"
+    # --full runs are exactly the training code's paper presets (only the workdir differs).
+    for run in (*fig7.runs, *fig11.runs, *table2.runs, *table3.runs):
+        assert run.config == C.resolve({"preset": run.config.preset, "workdir": run.config.workdir})
+
+
+def test_cpu_grids_keep_the_strides_and_scale_the_samples() -> None:
+    fig7 = E.build_experiment("fig7")
+    stride = {7: 32, 14: 16, 28: 8, 56: 4}
+    for run in fig7.runs:
+        c = run.config
+        assert run.x * stride[c.res] == c.input_size and c.backbone == "resnet18" and c.epochs == 1
+        assert c.eval_every == c.epochs  # validation once, at the end
+    fig11 = E.build_experiment("fig11")
+    for run in fig11.runs:
+        c = run.config
+        assert not c.augment and c.train_samples in E.CPU_SAMPLES and c.res == 28
+        steps = c.epochs * -(-c.train_samples // c.batch_size)
+        assert E.CPU_FIG11_STEPS <= steps < E.CPU_FIG11_STEPS + c.train_samples // c.batch_size + 1
+        assert all(0 < m < c.epochs for m in c.lr_milestones)
+
+
+def test_epochs_and_overrides_reach_every_run() -> None:
+    exp = E.build_experiment("table3", epochs=8, overrides={"lr": 5e-4, "seed": 3, "batch_size": 16,
+                                                           "data_dir": "/d", "precision": None})
+    for run in exp.runs:
+        c = run.config
+        assert (c.epochs, c.lr, c.seed, c.batch_size, c.data_dir, c.lr_milestones, c.precision) == (
+            8, 5e-4, 3, 16, "/d", (6,), "float32")
+    full = E.build_experiment("fig7", full=True, epochs=12)
+    assert {r.config.lr_milestones for r in full.runs} == {(6, 9)}
+    with pytest.raises(ValueError, match="--batch-size"):
+        E.build_experiment("fig7", overrides={"batch_size": 0})
+    with pytest.raises(ValueError, match="unknown experiment"):
+        E.build_experiment("fig8")
+
+
+def test_select_runs() -> None:
+    exp = E.build_experiment("fig7")
+    assert [r.name for r in E.select_runs(exp, "dsnt-7, hm-56")] == ["dsnt-7", "hm-56"]
+    assert E.select_runs(exp, None) == exp.runs
+    with pytest.raises(ValueError, match="no run dsnt-8 in fig7; its runs are hm-7"):
+        E.select_runs(exp, "dsnt-7,dsnt-8")
+
+
+def test_dry_run_prints_the_grid_and_trains_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert E.main(["fig11", "--dry-run", "--workdir", str(tmp_path), "--only", "fc-n512,hm-n4096"]) == 0
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert len(lines) == 3 and "2 run(s)" in lines[0]
+    assert lines[1].split()[0] == "fc-n512" and "out=fc" in lines[1] and "n=512" in lines[1]
+    assert lines[2].split()[0] == "hm-n4096" and "aug=False" in lines[2]
+    assert list(tmp_path.iterdir()) == []
+    assert E.main(["fig7", "--dry-run", "--full", "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("resnet34@") == 16 and out.count("data=mpii") == 16
+    with pytest.raises(SystemExit):
+        E.main(["fig7", "--dry-run", "--pretrained", "w.pth"])  # CPU-sized nets cannot take ImageNet weights
+
+
+def _write_metrics(workdir: str, vals: list[tuple[int, int, float]], *, train: bool = True) -> None:
+    """Real-format metrics.jsonl: (step, epoch, total) val records, preceded by a train record."""
+    writer = MetricsWriter(workdir)
+    for step, epoch, total in vals:
+        if train:
+            writer.write("train", step, epoch, {"loss": 0.5, "lr": 1e-3, "images_per_s": 10.0})
+        writer.write("val", step, epoch, {"total": total, "pckh@0.1": total / 4, "auc": total / 2,
+                                          "head": 90.0, "ubody": float("nan")})
+    writer.close()
+
+
+def _fake_grid(exp: E.Experiment, skip: set[str]) -> dict[str, float]:
+    totals = {}
+    for i, run in enumerate(exp.runs):
+        if run.name in skip:
+            continue
+        totals[run.name] = 10.0 + 3 * i
+        epochs = run.config.epochs
+        _write_metrics(run.config.workdir, [(10, max(epochs - 1, 0), totals[run.name] + 5),
+                                            (20, epochs, totals[run.name])])
+    return totals
+
+
+def test_collect_writes_csv_plot_and_table(tmp_path: Path) -> None:
+    exp = E.build_experiment("fig7", root=str(tmp_path))
+    totals = _fake_grid(exp, skip={"fc-56"})
+    rows, csv_path, png_path = E.collect(exp, str(tmp_path))
+    with open(csv_path, newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["run"] for r in table] == [r.name for r in exp.runs]
+    assert tuple(table[0]) == E.CSV_COLUMNS
+    for r in table:
+        if r["run"] == "fc-56":
+            assert (r["total"], r["done"], r["series"], r["x"]) == ("", "False", "FC", "24")
+            continue
+        assert float(r["total"]) == pytest.approx(totals[r["run"]])  # the last record, not the best
+        assert float(r["best_total"]) == pytest.approx(totals[r["run"]] + 5)
+        assert float(r["pckh@0.1"]) == pytest.approx(totals[r["run"]] / 4) and r["done"] == "True"
+    image = np.asarray(Image.open(png_path))
+    assert png_path.endswith("fig7.png") and image.ndim == 3 and image.shape[0] > 100
+    text = E.format_tables(exp, rows)
+    header = next(line for line in text.splitlines() if line.startswith("| series"))
+    assert header.split("|")[2:6] == [" 3 ", " 6 ", " 12 ", " 24 "]
+    fc_line = next(line for line in text.splitlines() if line.startswith("| FC |"))
+    assert fc_line.rstrip(" |").endswith("-")  # the missing run
+    assert f"| dsnt-7 | 3 | 1 | {totals['dsnt-7']:.1f} |" in text
+
+
+def test_bar_plot_and_pivot_for_tables(tmp_path: Path) -> None:
+    exp = E.build_experiment("table3", root=str(tmp_path))
+    _fake_grid(exp, skip=set())
+    rows, _, png_path = E.collect(exp, str(tmp_path))
+    series, xs, values = E.pivot(rows)
+    assert series == ["None", "Variance (λ=100)", "KL (λ=1)", "JS (λ=1)"]
+    assert xs == ["N/A", "σ_t=1", "σ_t=2"]
+    assert values[("JS (λ=1)", "σ_t=2")] == pytest.approx(10.0 + 3 * 6)
+    assert ("None", "σ_t=1") not in values
+    assert Image.open(png_path).size[0] > 100
+    # No results at all: CSV with blanks, no plot.
+    empty = E.build_experiment("table2", root=str(tmp_path / "empty"))
+    rows, csv_path, png_path = E.collect(empty, str(tmp_path / "empty"))
+    assert png_path is None and all(r["total"] is None for r in rows) and os.path.isfile(csv_path)
+
+
+def test_resumed_duplicates_and_torn_lines(tmp_path: Path) -> None:
+    workdir = str(tmp_path / "run")
+    _write_metrics(workdir, [(10, 1, 30.0), (20, 2, 50.0), (10, 1, 31.0), (20, 2, 40.0)])
+    run = E.Run("run", "S", 1, dataclasses.replace(C.resolve({"epochs": 2}), workdir=workdir))
+    row = E.summarize_run("x", run)
+    assert (row["total"], row["epoch"], row["best_total"], row["best_epoch"]) == (40.0, 2, 50.0, 2)
+    path = os.path.join(workdir, METRICS_FILE)
+    with open(path, "a") as f:
+        f.write('{"split": "val", "step": 30, "to')  # killed mid-write
+    assert E.summarize_run("x", run)["total"] == 40.0
+    with open(path, "a") as f:
+        f.write('\n{"split": "val", "step": 40, "epoch": 2, "total": 1.0}\n')
+    with pytest.raises(ValueError, match="line 9, is not JSON"):
+        E.read_val_records(workdir)
+
+
+def test_run_grid_skips_finished_runs_and_resumes_unfinished(tmp_path: Path) -> None:
+    exp = E.build_experiment("table2", root=str(tmp_path), epochs=3)
+    calls: list[str] = []
+
+    def fake_train(cfg: C.Config) -> int:
+        calls.append(os.path.basename(cfg.workdir))
+        os.makedirs(cfg.workdir, exist_ok=True)
+        with open(os.path.join(cfg.workdir, C.CONFIG_FILE), "w") as f:
+            f.write(cfg.to_json())
+        _write_metrics(cfg.workdir, [(30, cfg.epochs, 42.0)], train=False)
+        return 0
+
+    # "abs" stopped after epoch 1 of 3; "relu" finished.
+    _write_metrics(exp.runs[1].config.workdir, [(10, 1, 5.0)])
+    _write_metrics(exp.runs[2].config.workdir, [(30, 3, 7.0)])
+    assert [E.is_done(r.config) for r in exp.runs] == [False, False, True, False]
+    times = E.run_grid(exp.runs, fake_train, log=lambda _: None)
+    assert calls == ["softmax", "abs", "sigmoid"] and times["relu"] is None
+    calls.clear()
+    assert all(v is None for v in E.run_grid(exp.runs, fake_train, log=lambda _: None).values())
+    assert calls == []
+    # More epochs: the finished runs are no longer done (train.main resumes them).
+    longer = E.build_experiment("table2", root=str(tmp_path), epochs=4)
+    assert not any(E.is_done(r.config) for r in longer.runs)
+    # A different configuration in the same directory is an error, not a silent skip.
+    other = E.build_experiment("table2", root=str(tmp_path), epochs=3, overrides={"seed": 1})
+    with pytest.raises(ValueError, match="seed: 0 → 1"):
+        E.is_done(other.runs[0].config)
+    relu_lr = E.build_experiment("table2", root=str(tmp_path), epochs=3, overrides={"lr": 1e-3}).runs[0]
+    with pytest.raises(ValueError, match="other settings .lr: 0.002 → 0.001.; .* use another --workdir"):
+        E.is_done(relu_lr.config)
+    assert E.is_done(dataclasses.replace(exp.runs[0].config, log_every=5, data_dir="/elsewhere"))
+    with pytest.raises(RuntimeError, match="run softmax ended with status 3"):
+        E.run_grid(longer.runs[:1], lambda cfg: 3, log=lambda _: None)
+    # train.main returns 0 after a SIGTERM checkpoint: the grid must stop there, not go on.
+    with pytest.raises(RuntimeError, match="run softmax stopped before its final validation"):
+        E.run_grid(longer.runs, lambda cfg: 0, log=lambda _: None)
+
+
+def test_tiny_real_grid_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Two real runs of fig7 (HM and DSNTr, 4×4 heatmaps) trained in-process, collected, then skipped."""
+    import data.synthetic_pose
+    from train.main import train
+
+    data_dir = str(tmp_path / "tfds")
+    data.synthetic_pose.build(data_dir, num_train=16, num_val=8, canvas_size=48, num_workers=1)
+    overrides = {"data_dir": data_dir, "synthetic_train": 16, "synthetic_val": 8, "synthetic_canvas": 48,
+                 "input_size": 32, "batch_size": 8, "model_overrides": json.dumps(TINY), "log_every": 1}
+    root = str(tmp_path / "runs")
+    exp = E.build_experiment("fig7", root=root, epochs=2, overrides=overrides)
+    runs = E.select_runs(exp, "hm-28,dsntr-28")
+    times = E.run_grid(runs, train)
+    assert set(times) == {"hm-28", "dsntr-28"} and all(t > 0 for t in times.values())
+    rows, _, png_path = E.collect(exp, root)
+    done = [r for r in rows if r["done"]]
+    assert [r["run"] for r in done] == ["hm-28", "dsntr-28"]
+    for r in done:
+        assert r["epoch"] == 2 and r["heatmap"] == 4 and 0.0 <= r["total"] <= 100.0
+    assert png_path is not None and os.path.isfile(png_path)
+    assert E.run_grid(runs, lambda cfg: pytest.fail("a finished run was trained again")) == {
+        "hm-28": None, "dsntr-28": None}

@@ -1,0 +1,124 @@
+"""train.config: defaults are the paper's Table 4 run, presets, overrides, and one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from train import config as C
+from train import main as train_main
+
+
+def test_defaults_are_the_table4_run() -> None:
+    cfg = C.parse_args(["--backbone=resnet50", "--res=28"])
+    assert (cfg.backbone, cfg.res, cfg.output, cfg.reg, cfg.sigma, cfg.reg_coeff) == (
+        "resnet50", 28, "dsnt", "js", 1.0, 1.0)
+    assert (cfg.dataset, cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_milestones, cfg.lr_gamma) == (
+        "mpii", 120, 32, 2.5e-4, (60, 90), 0.1)
+    assert (cfg.input_size, cfg.activation, cfg.augment, cfg.precision) == (224, "softmax", True, "float32")
+    assert C.parse_args([]) == cfg
+    assert C.parse_args(["--preset=table4-r50-dsntr"]) == dataclasses.replace(cfg, preset="table4-r50-dsntr")
+
+
+@pytest.mark.parametrize("argv, batch", [
+    (["--backbone=hg2"], 6), (["--backbone=resnet101", "--res=28"], 24), (["--backbone=resnet101", "--res=14"], 32),
+    (["--backbone=resnet50", "--res=56"], 12), (["--backbone=resnet34", "--res=56"], 32),
+    (["--backbone=hg8", "--batch-size=4"], 4),
+])
+def test_paper_batch_sizes(argv: list[str], batch: int) -> None:
+    assert C.parse_args(argv).batch_size == batch
+
+
+def test_hourglass_defaults() -> None:
+    cfg = C.parse_args(["--backbone=hg4"])
+    assert (cfg.res, cfg.input_size, cfg.batch_size) == (None, 256, 6)
+
+
+def test_regulariser_default_follows_output() -> None:
+    assert C.parse_args(["--output=hm"]).reg == "none"
+    assert C.parse_args(["--output=fc"]).reg == "none"
+    assert C.parse_args(["--output=dsnt"]).reg == "js"
+    assert C.parse_args(["--output=dsnt", "--reg=none"]).reg == "none"
+    # An explicit --output re-derives the preset's regulariser unless --reg is given too.
+    assert C.parse_args(["--preset=fig8-r18-28", "--output=hm"]).reg == "none"
+
+
+def test_presets_cover_the_paper_grid() -> None:
+    names = set(C.PRESETS)
+    assert sum(n.startswith("fig7-") for n in names) == 16
+    assert sum(n.startswith("fig8-") for n in names) == 11 and "fig8-r101-56" not in names
+    assert sum(n.startswith("fig9-") for n in names) == 12
+    assert sum(n.startswith("table2-") for n in names) == 4
+    assert sum(n.startswith("fig11-") for n in names) == 12
+    assert {"table3-none", "table3-var-s1", "table3-kl-s2", "table3-js-s1", "synthetic-cpu"} <= names
+    for name in names:  # every preset resolves to a valid configuration
+        C.resolve({"preset": name})
+
+
+def test_preset_values_and_overrides() -> None:
+    var = C.resolve({"preset": "table3-var-s1"})
+    assert (var.backbone, var.res, var.reg, var.reg_coeff, var.sigma) == ("resnet34", 28, "var", 100.0, 1.0)
+    fig11 = C.resolve({"preset": "fig11-hm-n2048"})
+    assert (fig11.output, fig11.reg, fig11.train_samples, fig11.augment) == ("hm", "none", 2048, False)
+    hg = C.resolve({"preset": "fig9-hg8-dsntr"})
+    assert (hg.backbone, hg.res, hg.batch_size, hg.reg) == ("hg8", None, 6, "js")
+    fig7 = C.resolve({"preset": "fig7-r34-7-fc"})
+    assert (fig7.res, fig7.output, fig7.reg) == (7, "fc", "none")
+    overridden = C.parse_args(["--preset=fig7-r34-56-dsntr", "--lr=1e-3", "--epochs=3"])
+    assert (overridden.res, overridden.lr, overridden.epochs, overridden.reg) == (56, 1e-3, 3, "js")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--backbone=hg2", "--res=28"], "--res applies to ResNets only"),
+    (["--res=20"], "--res must be one of 7, 14, 28, 56"),
+    (["--output=hm", "--reg=js"], "use --reg=none with --output=hm"),
+    (["--batch-size=0"], "--batch-size must be a positive integer"),
+    (["--lr-milestones=90,60"], "--lr-milestones must be increasing"),
+    (["--model-overrides=[1]"], "--model-overrides must be a JSON object"),
+    (["--backbone=hg1", "--pretrained=x.pth"], "--pretrained loads torchvision ResNet weights"),
+    (["--backbone=resnet20"], "invalid choice"),
+])
+def test_impossible_combinations_fail_with_one_line(argv: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        C.parse_args(argv)
+    assert exc.value.code == 2
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert message in err_lines[-1]
+    assert not any("Traceback" in line for line in err_lines)
+
+
+def test_batch_not_divisible_by_devices(tmp_path, capsys) -> None:
+    # conftest gives this process 2 CPU devices.
+    status = train_main.main(["--batch-size=3", f"--workdir={tmp_path}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert err == ["python -m train.main: error: --batch-size=3 does not divide over the 2 devices; "
+                   "use a multiple of 2"]
+
+
+def test_missing_mpii_names_files_and_fixes(tmp_path, capsys) -> None:
+    data_dir = tmp_path / "tfds"
+    status = train_main.main(["--dataset=mpii", f"--data-dir={data_dir}", f"--workdir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1
+    assert f"{data_dir}/mpii_human_pose/canvas576/1.0.0" in err[0]
+    assert "dataset_info.json" in err[0] and "mpii_human_pose-{train,validation}.array_record" in err[0]
+    assert "python -m data.prepare mpii --manual-dir" in err[0] and "--dataset=synthetic" in err[0]
+
+
+def test_missing_pretrained_file_says_where_to_get_it(tmp_path) -> None:
+    cfg = C.resolve({"backbone": "resnet34", "pretrained": str(tmp_path / "resnet34.pth")})
+    with pytest.raises(FileNotFoundError, match="resnet34-b627a593.pth") as exc:
+        train_main._load_pretrained(cfg, state=None)
+    assert "cannot be downloaded" in str(exc.value)
+
+
+def test_json_round_trip_and_resume_compatibility() -> None:
+    cfg = C.parse_args(["--preset=synthetic-cpu", "--seed=3"])
+    assert C.Config.from_json(cfg.to_json()) == cfg
+    C.check_resumable(cfg, dataclasses.replace(cfg, epochs=cfg.epochs + 5, eval_every=2))  # allowed
+    with pytest.raises(ValueError, match=r"backbone: 'resnet18' → 'resnet34'.*--workdir"):
+        C.check_resumable(cfg, dataclasses.replace(cfg, backbone="resnet34"))
+    with pytest.raises(ValueError, match="batch_size"):
+        C.check_resumable(cfg, dataclasses.replace(cfg, batch_size=16))

@@ -1,0 +1,298 @@
+"""Training configuration: one frozen dataclass built from command-line flags and named presets.
+
+Config as code (big_vision style): `Config` holds every setting of a run, `PRESETS` maps a name to a dict
+of overrides (one per configuration the paper trained, plus `synthetic-cpu`, the README's CPU run), and
+`parse_args` resolves `defaults ← preset ← explicit flags`. Defaults are the paper's Table 4 model:
+`python -m train.main --backbone=resnet50 --res=28` trains ResNet-50 @ 28 px DSNTr on MPII (RMSProp
+2.5e-4, ×0.1 at epochs 60 and 90, 120 epochs, batch 32).
+
+Defaults that depend on other settings (paper-recipe §4): `reg` is 'js' (DSNTr) for output 'dsnt' and
+'none' otherwise; the batch size is 32, except 6 for hourglasses, 24 for ResNet-101 @ 28 px and 12 for
+ResNet-50 @ 56 px; `res` is 28 for ResNets; the input side is 224 (ResNet) or 256 (hourglass).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from dsnt_jax.models import ACTIVATIONS, BACKBONES, OUTPUTS, REGULARIZERS, RESNET_SPECS
+
+DATASETS: tuple[str, ...] = ("mpii", "synthetic")
+PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
+RESOLUTIONS: tuple[int, ...] = (7, 14, 28, 56)
+CONFIG_FILE = "config.json"
+
+# Settings that must not change when a run resumes from its checkpoints: they define the network's
+# parameters or the exact stream of training batches (the data-iterator state depends on them).
+RESUME_KEYS: tuple[str, ...] = (
+    "backbone", "res", "output", "activation", "input_size", "model_overrides", "dataset",
+    "batch_size", "seed", "train_samples", "augment", "synthetic_train", "synthetic_val",
+    "synthetic_canvas", "num_workers",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Every setting of a training run (see `python -m train.main --help` for each flag)."""
+
+    backbone: str = "resnet50"
+    res: int | None = 28
+    output: str = "dsnt"
+    reg: str = "js"
+    sigma: float = 1.0
+    reg_coeff: float = 1.0
+    activation: str = "softmax"
+    dataset: str = "mpii"
+    data_dir: str | None = None
+    epochs: int = 120
+    batch_size: int = 32
+    lr: float = 2.5e-4
+    lr_milestones: tuple[int, ...] = (60, 90)
+    lr_gamma: float = 0.1
+    train_samples: int | None = None
+    augment: bool = True
+    pretrained: str | None = None
+    workdir: str = "runs/default"
+    seed: int = 0
+    precision: str = "float32"
+    eval_every: int = 1
+    flip_test: bool = False
+    input_size: int = 224
+    num_workers: int = 0
+    keep_checkpoints: int = 3
+    log_every: int = 20
+    synthetic_train: int | None = None
+    synthetic_val: int | None = None
+    synthetic_canvas: int | None = None
+    model_overrides: str = "{}"
+    preset: str | None = None
+
+    @property
+    def is_resnet(self) -> bool:
+        return self.backbone in RESNET_SPECS
+
+    def overrides_dict(self) -> dict[str, Any]:
+        """`model_overrides` decoded (lists become tuples, as the flax module fields expect)."""
+        return {k: tuple(v) if isinstance(v, list) else v
+                for k, v in json.loads(self.model_overrides).items()}
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        values = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in values.items() if k in known}
+        if "lr_milestones" in values:
+            values["lr_milestones"] = tuple(values["lr_milestones"])
+        return cls(**values)
+
+
+def default_batch_size(backbone: str, res: int | None) -> int:
+    """The paper's batch size: 32, hourglass 6, ResNet-101 @ 28 px 24, ResNet-50 @ 56 px 12."""
+    if backbone not in RESNET_SPECS:
+        return 6
+    return {("resnet101", 28): 24, ("resnet50", 56): 12}.get((backbone, res), 32)
+
+
+def _paper_presets() -> dict[str, dict[str, Any]]:
+    """One preset per configuration the paper trained (paper-recipe §9)."""
+    out_strats = {"hm": dict(output="hm", reg="none"), "fc": dict(output="fc", reg="none"),
+                  "dsnt": dict(output="dsnt", reg="none"), "dsntr": dict(output="dsnt", reg="js")}
+    r34 = dict(backbone="resnet34", res=28)
+    presets: dict[str, dict[str, Any]] = {
+        "table4-r50-dsntr": dict(backbone="resnet50", res=28, output="dsnt", reg="js"),
+    }
+    for res in RESOLUTIONS:                                     # Fig. 7: output strategy × resolution
+        for name, strat in out_strats.items():
+            presets[f"fig7-r34-{res}-{name}"] = dict(backbone="resnet34", res=res, **strat)
+    for depth in (18, 34, 50, 101):                             # Fig. 8: depth × resolution (DSNTr)
+        for res in (14, 28, 56):
+            if (depth, res) != (101, 56):
+                presets[f"fig8-r{depth}-{res}"] = dict(backbone=f"resnet{depth}", res=res,
+                                                       **out_strats["dsntr"])
+    for stacks in (1, 2, 4, 8):                                 # Fig. 9: hourglasses, batch 6
+        for name in ("hm", "dsnt", "dsntr"):
+            presets[f"fig9-hg{stacks}-{name}"] = dict(backbone=f"hg{stacks}", res=None,
+                                                      **out_strats[name])
+    for act in ACTIVATIONS:                                     # Table 2: heatmap activations
+        presets[f"table2-{act}"] = dict(**r34, output="dsnt", reg="none", activation=act)
+    presets["table3-none"] = dict(**r34, output="dsnt", reg="none")  # Table 3: regularisers
+    for sigma in (1.0, 2.0):
+        s = f"s{int(sigma)}"
+        presets[f"table3-var-{s}"] = dict(**r34, output="dsnt", reg="var", reg_coeff=100.0, sigma=sigma)
+        presets[f"table3-kl-{s}"] = dict(**r34, output="dsnt", reg="kl", reg_coeff=1.0, sigma=sigma)
+        presets[f"table3-js-{s}"] = dict(**r34, output="dsnt", reg="js", reg_coeff=1.0, sigma=sigma)
+    for coeff in (0.2, 1.0, 5.0, 10.0):                         # Fig. 6: JS strength and width
+        presets[f"fig6-lambda{coeff:g}"] = dict(**r34, output="dsnt", reg="js", reg_coeff=coeff)
+    for sigma in (0.5, 1.0, 2.0, 4.0):
+        presets[f"fig6-sigma{sigma:g}"] = dict(**r34, output="dsnt", reg="js", sigma=sigma)
+    for n in (1024, 2048, 4096, 8192):                          # Fig. 11: training-set size, no aug
+        for name in ("hm", "fc", "dsntr"):
+            presets[f"fig11-{name}-n{n}"] = dict(**r34, **out_strats[name], train_samples=n,
+                                                 augment=False)
+    return presets
+
+
+# The README's CPU run (see README "Set up and run"): a ResNet-18 on the embedded synthetic dataset.
+# A larger learning rate than the paper's (same RMSProp) because the run is ~100× shorter.
+SYNTHETIC_CPU: dict[str, Any] = dict(
+    backbone="resnet18", res=14, input_size=128, output="dsnt", reg="js", dataset="synthetic",
+    epochs=8, batch_size=32, lr=1e-3, lr_milestones=(6,), eval_every=4, workdir="runs/synthetic-cpu",
+    model_overrides=json.dumps({"widths": [32, 64, 128, 256], "stem_width": 32}),
+)
+
+PRESETS: dict[str, dict[str, Any]] = {**_paper_presets(), "synthetic-cpu": SYNTHETIC_CPU}
+
+
+def _csv_ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated epochs like 60,90, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m train.main` flags. Unset flags are None so that presets can fill them."""
+    p = argparse.ArgumentParser(
+        prog="python -m train.main",
+        description="Trains a DSNT/FC/HM pose model (Nibali et al. 2018) with data-parallel pmap. "
+                    "Defaults: the paper's Table 4 run, ResNet-50 @ 28 px DSNTr on MPII.",
+        epilog="Presets: " + ", ".join(PRESETS))
+    a = p.add_argument
+    a("--preset", choices=sorted(PRESETS), metavar="NAME",
+      help="start from a named configuration of the paper (explicit flags override it); see the list below")
+    a("--backbone", choices=BACKBONES, help="network (default resnet50)")
+    a("--res", type=int, help="ResNet heatmap side for a 224-px input: 7, 14, 28 or 56 (default 28)")
+    a("--output", choices=OUTPUTS, help="output strategy (default dsnt)")
+    a("--reg", choices=REGULARIZERS, help="heatmap regulariser (default js for dsnt = DSNTr, else none)")
+    a("--sigma", type=float, help="regulariser / HM target σ in heatmap pixels (default 1)")
+    a("--reg-coeff", type=float, help="regulariser weight λ (default 1; var: normalised units)")
+    a("--activation", choices=ACTIVATIONS, help="heatmap activation (default softmax)")
+    a("--dataset", choices=DATASETS, help="mpii (built with python -m data.prepare) or synthetic")
+    a("--data-dir", help="tfds data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    a("--epochs", type=int, help="training epochs (default 120)")
+    a("--batch-size", type=int, help="global batch size (default 32; hourglass 6, R101@28 24, R50@56 12)")
+    a("--lr", type=float, help="RMSProp learning rate (default 2.5e-4)")
+    a("--lr-milestones", type=_csv_ints, help="epochs where the lr is multiplied by --lr-gamma (default 60,90)")
+    a("--lr-gamma", type=float, help="lr factor at each milestone (default 0.1)")
+    a("--train-samples", type=int, help="train on the first N training examples only")
+    a("--no-aug", dest="augment", action="store_const", const=False, help="disable augmentation")
+    a("--pretrained", metavar="PATH", help="torchvision ResNet ImageNet state dict (.pth/.safetensors/.npz)")
+    a("--workdir", help="checkpoints, config.json, metrics.jsonl and TensorBoard logs (default runs/default)")
+    a("--seed", type=int, help="seed of the initialisation, shuffling and augmentation (default 0)")
+    a("--precision", choices=PRECISIONS, help="network compute dtype (parameters stay float32)")
+    a("--eval-every", type=int, help="validate every N epochs (and after the last; default 1)")
+    a("--flip-test", action="store_const", const=True, help="validate with flip test-time augmentation")
+    a("--input-size", type=int, help="input side in px (default 224 ResNet, 256 hourglass)")
+    a("--num-workers", type=int, help="data-loading processes per host (default 0: in the main process)")
+    a("--keep-checkpoints", type=int, help="latest checkpoints kept besides the best (default 3)")
+    a("--log-every", type=int, help="steps between metric log lines (default 20)")
+    a("--synthetic-train", type=int, help="synthetic dataset: training examples (default 6000)")
+    a("--synthetic-val", type=int, help="synthetic dataset: validation examples (default 500)")
+    a("--synthetic-canvas", type=int, help="synthetic dataset: canvas side, multiple of 6 (default 192)")
+    a("--model-overrides", metavar="JSON",
+      help='extra model fields for small experiments and tests, e.g. \'{"widths": [8, 16, 16, 16]}\'')
+    return p
+
+
+def resolve(flags: Mapping[str, Any]) -> Config:
+    """Config from explicitly set flag values (None = unset): defaults ← preset ← flags.
+
+    Raises:
+      ValueError: for an unknown preset or an impossible combination (see `validate`).
+    """
+    values: dict[str, Any] = {}
+    preset = flags.get("preset")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        values.update(PRESETS[preset])
+    values.update({k: v for k, v in flags.items() if v is not None})
+    values["preset"] = preset
+    backbone = values.setdefault("backbone", Config.backbone)
+    is_resnet = backbone in RESNET_SPECS
+    values.setdefault("res", Config.res if is_resnet else None)
+    values.setdefault("output", Config.output)
+    if flags.get("output") is not None and flags.get("reg") is None:
+        values.pop("reg", None)  # an explicit --output re-derives the preset's regulariser default
+    values.setdefault("reg", "js" if values["output"] == "dsnt" else "none")
+    values.setdefault("batch_size", default_batch_size(backbone, values["res"]))
+    values.setdefault("input_size", 224 if is_resnet else 256)
+    if "lr_milestones" in values:
+        values["lr_milestones"] = tuple(values["lr_milestones"])
+    cfg = Config(**values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Raises ValueError with one line naming the problem for an impossible configuration."""
+    if cfg.backbone not in BACKBONES:
+        raise ValueError(f"--backbone must be one of {', '.join(BACKBONES)}, got {cfg.backbone!r}")
+    if cfg.is_resnet and cfg.res not in RESOLUTIONS:
+        raise ValueError(f"--res must be one of {', '.join(map(str, RESOLUTIONS))} for a ResNet, got {cfg.res}")
+    if not cfg.is_resnet and cfg.res is not None:
+        raise ValueError(f"--res applies to ResNets only; {cfg.backbone} always gives input/4 heatmaps "
+                         f"(64 px for 256-px inputs): drop --res")
+    if cfg.output not in OUTPUTS:
+        raise ValueError(f"--output must be one of {', '.join(OUTPUTS)}, got {cfg.output!r}")
+    if cfg.reg not in REGULARIZERS:
+        raise ValueError(f"--reg must be one of {', '.join(REGULARIZERS)}, got {cfg.reg!r}")
+    if cfg.output == "hm" and cfg.reg != "none":
+        raise ValueError("--reg applies to dsnt/fc outputs; use --reg=none with --output=hm")
+    if cfg.activation not in ACTIVATIONS:
+        raise ValueError(f"--activation must be one of {', '.join(ACTIVATIONS)}, got {cfg.activation!r}")
+    if cfg.dataset not in DATASETS:
+        raise ValueError(f"--dataset must be one of {', '.join(DATASETS)}, got {cfg.dataset!r}")
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+    positive = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, eval_every=cfg.eval_every,
+                    input_size=cfg.input_size, keep_checkpoints=cfg.keep_checkpoints, log_every=cfg.log_every)
+    for name, value in positive.items():
+        if not (isinstance(value, int) and value >= 1):
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+    if not (cfg.lr > 0 and cfg.sigma > 0 and cfg.reg_coeff >= 0 and cfg.lr_gamma > 0):
+        raise ValueError(f"need --lr > 0, --sigma > 0, --reg-coeff >= 0 and --lr-gamma > 0; got "
+                         f"{cfg.lr}, {cfg.sigma}, {cfg.reg_coeff}, {cfg.lr_gamma}")
+    if any(m < 1 for m in cfg.lr_milestones) or list(cfg.lr_milestones) != sorted(set(cfg.lr_milestones)):
+        raise ValueError(f"--lr-milestones must be increasing positive epochs, got {cfg.lr_milestones}")
+    if cfg.train_samples is not None and cfg.train_samples < 1:
+        raise ValueError(f"--train-samples must be at least 1, got {cfg.train_samples}")
+    if cfg.num_workers < 0:
+        raise ValueError(f"--num-workers must be >= 0, got {cfg.num_workers}")
+    if not cfg.is_resnet and cfg.input_size % 64:
+        raise ValueError(f"hourglass inputs must be a multiple of 64 px, got --input-size={cfg.input_size}")
+    if cfg.pretrained is not None and not cfg.is_resnet:
+        raise ValueError("--pretrained loads torchvision ResNet weights; the hourglass trains from scratch")
+    try:
+        overrides = json.loads(cfg.model_overrides)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--model-overrides must be a JSON object, got {cfg.model_overrides!r} ({err})")
+    if not isinstance(overrides, dict):
+        raise ValueError(f"--model-overrides must be a JSON object, got {cfg.model_overrides!r}")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Config:
+    """Parses the command line into a validated `Config`; bad combinations exit with one error line."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return resolve(vars(args))
+    except ValueError as err:
+        parser.error(str(err))
+        raise  # unreachable: parser.error exits
+
+
+def check_resumable(saved: Config, current: Config) -> None:
+    """Raises ValueError if `current` cannot continue the checkpoints written under `saved`."""
+    diffs = [f"{k}: {getattr(saved, k)!r} → {getattr(current, k)!r}" for k in RESUME_KEYS
+             if getattr(saved, k) != getattr(current, k)]
+    if diffs:
+        raise ValueError(f"{current.workdir} holds checkpoints of a different configuration ("
+                         + "; ".join(diffs) + "); use another --workdir or the original flags")

@@ -1,0 +1,428 @@
+"""The paper's experiment grids: `python -m train.experiments {fig7,fig11,table2,table3} [--full]`.
+
+Each experiment is a list of named runs, each a `train.config.Config` resolved from the paper's preset for
+that run (train/config.py, so every flag means what it means for `python -m train.main`) plus the series
+and x value it contributes to the paper's figure or table:
+
+* fig7: output strategy HM / FC / DSNT / DSNTr × heatmap resolution 7 / 14 / 28 / 56 px (strides 32…4);
+* fig11: HM / FC / DSNTr trained on the first 1024…8192 samples without augmentation (ResNet-34 @ 28 px);
+* table2: heatmap activations softmax / abs / relu / sigmoid (DSNT, no regulariser);
+* table3: regulariser none / variance (λ 100) / KL (λ 1) / JS (λ 1) at σ_t = 1 and 2 px.
+
+`--full` trains the paper's settings (ResNet-34, 224 px, MPII, 120 epochs, lr ×0.1 at 60 and 90). The
+default is CPU-sized: the embedded synthetic dataset, a narrow ResNet-18 at 96 px (so 7/14/28/56 keep their
+strides 32/16/8/4 and give 3/6/12/24 px heatmaps), no augmentation (each example is seen only a few times),
+learning rate 2e-3, one or two epochs; fig11 scales the sample counts to 512…4096 and gives every run the
+same number of updates (`CPU_FIG11_STEPS`).
+
+Every run lives in ROOT/NAME/<run> and is skipped when its metrics.jsonl already holds the final
+validation, so an interrupted grid continues where it stopped. Afterwards ROOT/NAME/results.csv, a PNG in
+the style of the paper's figure (line plot) or table (bar chart) and a table on stdout summarise the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from dsnt_jax.models import heatmap_size_for
+from train import config as config_lib
+from train.config import Config
+from train.metrics import METRICS_FILE
+
+PROG = "python -m train.experiments"
+EXPERIMENTS: tuple[str, ...] = ("fig7", "fig11", "table2", "table3")
+PAPER_SAMPLES: tuple[int, ...] = (1024, 2048, 4096, 8192)
+CPU_SAMPLES: tuple[int, ...] = (512, 1024, 2048, 4096)
+CPU_FIG11_STEPS = 512
+CPU_EPOCHS: dict[str, int] = {"fig7": 1, "table2": 2, "table3": 2}
+# The CPU-sized setting shared by every default run (explicit pass-through flags still override it).
+CPU_BASE: dict[str, Any] = {
+    "dataset": "synthetic", "backbone": "resnet18", "input_size": 96, "batch_size": 16, "lr": 2e-3,
+    "augment": False, "model_overrides": json.dumps({"widths": [16, 32, 64, 128], "stem_width": 16}),
+    "keep_checkpoints": 1}
+STRATEGIES: tuple[tuple[str, str], ...] = (("hm", "HM"), ("fc", "FC"), ("dsnt", "DSNT"), ("dsntr", "DSNTr"))
+FIG11_STRATEGIES: tuple[tuple[str, str], ...] = (("hm", "HM"), ("fc", "FC"), ("dsntr", "DSNTr"))
+TABLE2_ACTIVATIONS: tuple[tuple[str, str], ...] = (
+    ("softmax", "Softmax"), ("abs", "Abs"), ("relu", "ReLU"), ("sigmoid", "Sigmoid"))
+TABLE3_REGS: tuple[tuple[str, str], ...] = (("var", "Variance (λ=100)"), ("kl", "KL (λ=1)"), ("js", "JS (λ=1)"))
+# Config fields that may differ between a finished run's config.json and the grid's (no effect on results).
+FREE_KEYS = frozenset({"workdir", "data_dir", "log_every", "keep_checkpoints", "epochs",
+                       "lr_milestones", "eval_every", "preset"})
+CSV_COLUMNS: tuple[str, ...] = (
+    "experiment", "run", "series", "x", "res", "heatmap", "train_samples", "epochs", "done", "epoch",
+    "total", "pckh@0.1", "auc", "best_total", "best_epoch")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training run of a grid: its directory name, plot series, x value (number or label) and config."""
+
+    name: str
+    series: str
+    x: Any
+    config: Config
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """A grid: `kind` 'line' (PCKh vs a numeric x, one line per series) or 'bar' (category = series)."""
+
+    name: str
+    title: str
+    xlabel: str
+    kind: str
+    runs: tuple[Run, ...]
+
+
+def _specs(name: str, full: bool) -> list[tuple[str, str, Any, str, dict[str, Any]]]:
+    """(run name, series, x, paper preset, extra settings) of each run; x None = the heatmap side."""
+    if name == "fig7":
+        return [(f"{key}-{res}", label, None, f"fig7-r34-{res}-{key}", {})
+                for res in config_lib.RESOLUTIONS for key, label in STRATEGIES]
+    if name == "fig11":
+        samples = PAPER_SAMPLES if full else CPU_SAMPLES
+        return [(f"{key}-n{n}", label, n, f"fig11-{key}-n{paper_n}", {"train_samples": n})
+                for paper_n, n in zip(PAPER_SAMPLES, samples) for key, label in FIG11_STRATEGIES]
+    if name == "table2":
+        return [(act, label, "DSNT, no reg.", f"table2-{act}", {}) for act, label in TABLE2_ACTIVATIONS]
+    if name == "table3":
+        specs = [("none", "None", "N/A", "table3-none", {})]
+        for sigma in (1, 2):
+            specs += [(f"{reg}-s{sigma}", label, f"σ_t={sigma}", f"table3-{reg}-s{sigma}", {})
+                      for reg, label in TABLE3_REGS]
+        return specs
+    raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
+
+
+def _milestones(epochs: int, fractions: Sequence[float]) -> tuple[int, ...]:
+    """LR-drop epochs at the given fractions of the run, keeping those strictly inside it."""
+    return tuple(sorted({m for m in (round(f * epochs) for f in fractions) if 1 <= m < epochs}))
+
+
+def build_experiment(name: str, *, full: bool = False, root: str = "runs/experiments",
+                     epochs: int | None = None, overrides: Mapping[str, Any] | None = None) -> Experiment:
+    """The runs of experiment `name` (one of `EXPERIMENTS`), each config validated.
+
+    Args:
+      name: 'fig7', 'fig11', 'table2' or 'table3'.
+      full: the paper's settings (its presets unchanged); else the CPU-sized synthetic setting.
+      root: each run's workdir is root/name/<run>.
+      epochs: epochs of every run (default: 120 with --full, else `CPU_EPOCHS`; fig11 on CPU gives every
+        run `CPU_FIG11_STEPS` updates). The lr drops keep their place in the run (paper: at 1/2 and 3/4).
+      overrides: further Config fields for every run (e.g. data_dir, batch_size, lr, seed); None = unset.
+
+    Raises:
+      ValueError: unknown experiment or an invalid resulting configuration.
+    """
+    extra = {k: v for k, v in (overrides or {}).items() if v is not None}
+    runs = []
+    for run_name, series, x, preset, settings in _specs(name, full):
+        flags: dict[str, Any] = {"preset": preset, **({} if full else CPU_BASE), **settings, **extra}
+        batch = flags.get("batch_size", 32)
+        if epochs is not None:
+            n_epochs = epochs
+        elif full:
+            n_epochs = config_lib.Config.epochs
+        elif name == "fig11":
+            n_epochs = max(1, math.ceil(CPU_FIG11_STEPS * batch / settings["train_samples"]))
+        else:
+            n_epochs = CPU_EPOCHS[name]
+        flags["epochs"] = n_epochs
+        if epochs is not None or not full:
+            flags["lr_milestones"] = _milestones(n_epochs, (0.5, 0.75) if full else (0.75,))
+        if not full:
+            flags.setdefault("eval_every", n_epochs)  # the final validation only: it costs CPU time
+        flags["workdir"] = os.path.join(root, name, run_name)
+        cfg = config_lib.resolve(flags)
+        if x is None:
+            x = heatmap_size_for(cfg.backbone, cfg.res, cfg.input_size)
+        runs.append(Run(run_name, series, x, cfg))
+    setting = ("ResNet-34, MPII" if full else
+               f"{runs[0].config.backbone} (narrow) @ {runs[0].config.input_size} px, synthetic")
+    titles = {"fig7": ("Fig. 7: output strategy × resolution", "heatmap side (px)", "line"),
+              "fig11": ("Fig. 11: training samples, no augmentation", "training samples", "line"),
+              "table2": ("Table 2: heatmap activation", "activation", "bar"),
+              "table3": ("Table 3: regularisation", "regulariser", "bar")}
+    title, xlabel, kind = titles[name]
+    return Experiment(name, f"{title}\n{setting}", xlabel, kind, tuple(runs))
+
+
+def select_runs(experiment: Experiment, only: str | None) -> tuple[Run, ...]:
+    """The runs named in the comma-separated `only` (all if None); unknown names raise ValueError."""
+    if not only:
+        return experiment.runs
+    wanted = [w.strip() for w in only.split(",") if w.strip()]
+    known = {r.name: r for r in experiment.runs}
+    unknown = [w for w in wanted if w not in known]
+    if unknown:
+        raise ValueError(f"--only: no run {', '.join(unknown)} in {experiment.name}; its runs are "
+                         f"{', '.join(known)}")
+    return tuple(known[w] for w in wanted)
+
+
+def read_val_records(workdir: str) -> list[dict[str, Any]]:
+    """The 'val' records of workdir/metrics.jsonl in file order ([] if there is no file).
+
+    A torn last line (a run killed while writing) is ignored; any other unreadable line raises ValueError.
+    """
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                continue
+            raise ValueError(f"{path}, line {i + 1}, is not JSON: {line[:80]!r}; fix or delete the line")
+        if record.get("split") == "val":
+            out.append(record)
+    return out
+
+
+def is_done(cfg: Config) -> bool:
+    """True if cfg.workdir holds the final validation of `cfg` (its last epoch) for the same configuration.
+
+    Raises:
+      ValueError: the workdir holds a run of a different configuration (the message names the differences;
+        only `FREE_KEYS` may differ: a longer --epochs continues a finished run).
+    """
+    saved_path = os.path.join(cfg.workdir, config_lib.CONFIG_FILE)
+    if os.path.isfile(saved_path):
+        with open(saved_path, encoding="utf-8") as f:
+            saved = Config.from_json(f.read())
+        config_lib.check_resumable(saved, cfg)
+        diffs = [f"{k}: {getattr(saved, k)!r} → {getattr(cfg, k)!r}" for k in (f.name for f in
+                 dataclasses.fields(Config)) if k not in FREE_KEYS and getattr(saved, k) != getattr(cfg, k)]
+        if diffs:
+            raise ValueError(f"{cfg.workdir} holds a run with other settings ({'; '.join(diffs)}); its results "
+                             f"would not be those of this grid: use another --workdir")
+    return any(r.get("epoch", 0) >= cfg.epochs for r in read_val_records(cfg.workdir))
+
+
+def summarize_run(experiment: str, run: Run) -> dict[str, Any]:
+    """One results row (`CSV_COLUMNS`) for `run`: its last and best validation; blanks if none yet."""
+    cfg = run.config
+    row: dict[str, Any] = {"experiment": experiment, "run": run.name, "series": run.series, "x": run.x,
+                           "res": cfg.res, "heatmap": heatmap_size_for(cfg.backbone, cfg.res, cfg.input_size),
+                           "train_samples": cfg.train_samples, "epochs": cfg.epochs}
+    records = read_val_records(cfg.workdir)
+    row["done"] = any(r.get("epoch", 0) >= cfg.epochs for r in records)
+    if records:
+        # Resumed runs may repeat a step; the later line wins, and the highest step is the latest state.
+        last = max(reversed(records), key=lambda r: r.get("step", 0))
+        best = max(records, key=lambda r: -math.inf if r.get("total") is None else r["total"])
+        row.update(epoch=last.get("epoch"), total=last.get("total"), **{"pckh@0.1": last.get("pckh@0.1")},
+                   auc=last.get("auc"), best_total=best.get("total"), best_epoch=best.get("epoch"))
+    return {k: row.get(k) for k in CSV_COLUMNS}
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str) -> str:
+    """Writes `rows` (`CSV_COLUMNS`; None → blank) to `path`; returns it."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row.get(k) is None else row[k] for k in CSV_COLUMNS})
+    return path
+
+
+def pivot(rows: Sequence[Mapping[str, Any]], value: str = "total"
+          ) -> tuple[list[str], list[Any], dict[tuple[str, Any], float | None]]:
+    """(series in order of appearance, x values in order, {(series, x): value}) of the results rows."""
+    series = list(dict.fromkeys(r["series"] for r in rows))
+    xs = list(dict.fromkeys(r["x"] for r in rows))
+    if all(isinstance(x, (int, float)) for x in xs):
+        xs = sorted(xs)
+    return series, xs, {(r["series"], r["x"]): r.get(value) for r in rows}
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
+
+
+def format_tables(experiment: Experiment, rows: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown tables: final PCKh total as series × x (the paper's layout), then one line per run."""
+    series, xs, values = pivot(rows)
+    lines = ["| " + " | ".join(["series", *map(str, xs)]) + " |", "|" + "---|" * (len(xs) + 1)]
+    lines += ["| " + " | ".join([s, *(_cell(values.get((s, x))) for x in xs)]) + " |" for s in series]
+    lines += ["", "| run | heatmap | epochs | PCKh | PCKh@0.1 | AUC | best (epoch) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        best = "-" if r.get("best_total") is None else f"{_cell(r['best_total'])} ({r['best_epoch']})"
+        lines.append(f"| {r['run']} | {r['heatmap']} | {r['epochs']} | {_cell(r.get('total'))} | "
+                     f"{_cell(r.get('pckh@0.1'))} | {_cell(r.get('auc'))} | {best} |")
+    title = experiment.title.replace("\n", " — ")
+    return f"{title}: validation PCKh total (%)\n\n" + "\n".join(lines)
+
+
+def plot_bars(rows: Sequence[Mapping[str, Any]], path: str, *, title: str, xlabel: str) -> str:
+    """Grouped bar chart of final PCKh: one group per series, one bar per x value (paper tables)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    series, xs, values = pivot(rows)
+    fig = Figure(figsize=(6.0, 4.0), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    width = 0.8 / len(xs)
+    for i, x in enumerate(xs):
+        heights = [values.get((s, x)) for s in series]
+        keep = [j for j, h in enumerate(heights) if h is not None and np.isfinite(h)]
+        bars = ax.bar([j + (i - (len(xs) - 1) / 2) * width for j in keep], [heights[j] for j in keep],
+                      width, label=str(x))
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(range(len(series)), series)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("validation PCKh total (%)")
+    ax.grid(True, axis="y", alpha=0.3)
+    if len(xs) > 1:
+        ax.legend()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def plot_experiment(experiment: Experiment, rows: Sequence[Mapping[str, Any]], path: str) -> str | None:
+    """The experiment's PNG (line plot vs x, log2 axis, or bars); None when no run has a result yet."""
+    if not any(r.get("total") is not None for r in rows):
+        return None
+    if experiment.kind == "bar":
+        return plot_bars(rows, path, title=experiment.title, xlabel=experiment.xlabel)
+    from train.visualize import plot_curves
+
+    series, xs, values = pivot(rows)
+    wide = [{"x": x, **{s: values.get((s, x)) for s in series}} for x in xs]
+    return plot_curves(wide, "x", series, path, title=experiment.title, xlabel=experiment.xlabel,
+                       ylabel="validation PCKh total (%)", log_x=True)
+
+
+def collect(experiment: Experiment, root: str) -> tuple[list[dict[str, Any]], str, str | None]:
+    """Summarises every run of the grid; writes root/NAME/results.csv and NAME.png; returns (rows, csv, png)."""
+    rows = [summarize_run(experiment.name, run) for run in experiment.runs]
+    out_dir = os.path.join(root, experiment.name)
+    csv_path = write_csv(rows, os.path.join(out_dir, "results.csv"))
+    return rows, csv_path, plot_experiment(experiment, rows, os.path.join(out_dir, f"{experiment.name}.png"))
+
+
+def run_grid(runs: Sequence[Run], train_fn: Callable[[Config], int], log: Callable[[str], None] = print
+             ) -> dict[str, float | None]:
+    """Trains the runs that are not done yet, in order; returns {run: wall seconds, None = skipped}.
+
+    Raises:
+      RuntimeError: a run returned a non-zero status or stopped early (SIGTERM): the grid stops there, and
+        rerunning continues it.
+    """
+    times: dict[str, float | None] = {}
+    for i, run in enumerate(runs, 1):
+        if is_done(run.config):
+            log(f"[{i}/{len(runs)}] {run.name}: done already ({run.config.workdir}), skipped")
+            times[run.name] = None
+            continue
+        log(f"[{i}/{len(runs)}] {run.name}: training in {run.config.workdir}")
+        start = time.perf_counter()
+        status = train_fn(run.config)
+        times[run.name] = time.perf_counter() - start
+        if status != 0:
+            raise RuntimeError(f"run {run.name} ended with status {status}; see its output above")
+        if not is_done(run.config):  # train.main returns 0 after saving a checkpoint on SIGTERM
+            raise RuntimeError(f"run {run.name} stopped before its final validation; rerun the same "
+                               f"command to continue the grid")
+        log(f"[{i}/{len(runs)}] {run.name}: {times[run.name]:.0f} s")
+    return times
+
+
+def format_grid(experiment: Experiment, runs: Sequence[Run]) -> str:
+    """One line per run: name, series, x and the settings that tell the runs apart."""
+    lines = [f"{experiment.title.replace(chr(10), ' — ')}: {len(runs)} run(s)"]
+    for r in runs:
+        c = r.config
+        lines.append(f"  {r.name:<10} series={r.series:<18} x={r.x!s:<14} {c.backbone}@{c.res} "
+                     f"in={c.input_size} out={c.output} act={c.activation} reg={c.reg}"
+                     f"{f' λ={c.reg_coeff:g} σ={c.sigma:g}' if c.reg != 'none' else ''} data={c.dataset} "
+                     f"n={c.train_samples or 'all'} aug={c.augment} epochs={c.epochs} batch={c.batch_size} "
+                     f"lr={c.lr:g} → {c.workdir}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, description="Runs one of the paper's experiment grids, then writes results.csv, a PNG "
+        "plot and a table. Default: CPU-sized runs on the synthetic dataset; --full: the paper's settings.",
+        epilog="Finished runs are skipped: rerun the same command to continue an interrupted grid.")
+    a = p.add_argument
+    a("name", choices=EXPERIMENTS, help="fig7 (strategy × resolution), fig11 (training samples), "
+      "table2 (activations) or table3 (regularisers)")
+    a("--full", action="store_true", help="the paper's settings: ResNet-34 @ 224 px on MPII, 120 epochs")
+    a("--workdir", metavar="ROOT", help="runs go to ROOT/NAME/<run> (default runs/experiments, "
+      "runs/experiments-full with --full)")
+    a("--epochs", type=int, help="epochs of every run (lr drops move with it)")
+    a("--only", metavar="RUN[,RUN]", help="train only these runs (the table still lists every run)")
+    a("--dry-run", action="store_true", help="print the grid and exit")
+    a("--data-dir", help="tfds data directory (as for python -m train.main)")
+    for flag, kind in (("--batch-size", int), ("--lr", float), ("--seed", int), ("--num-workers", int),
+                       ("--eval-every", int)):
+        a(flag, type=kind, help=f"{flag} of every run (see python -m train.main --help)")
+    a("--precision", choices=config_lib.PRECISIONS, help="network compute dtype of every run")
+    a("--pretrained", metavar="PATH", help="with --full: torchvision ResNet-34 ImageNet weights for every run")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for bad arguments or a failed run)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    root = args.workdir or ("runs/experiments-full" if args.full else "runs/experiments")
+    if args.pretrained and not args.full:
+        parser.error("--pretrained needs --full: the CPU-sized ResNet is narrower than torchvision's")
+    overrides = {k: getattr(args, k) for k in ("data_dir", "batch_size", "lr", "seed", "num_workers",
+                                                "eval_every", "precision", "pretrained")}
+    try:
+        experiment = build_experiment(args.name, full=args.full, root=root, epochs=args.epochs,
+                                      overrides=overrides)
+        runs = select_runs(experiment, args.only)
+    except ValueError as err:
+        parser.error(str(err))
+    print(format_grid(experiment, runs))
+    if args.full and not args.pretrained:
+        print("note: the paper fine-tunes ImageNet-pretrained ResNet-34s; without --pretrained PATH these "
+              "runs start from scratch", file=sys.stderr)
+    if args.dry_run:
+        return 0
+    # Imported late: train.main loads the data stack (tfds, grain), which --dry-run does not need.
+    from train.main import train
+
+    start = time.perf_counter()
+    try:
+        times = run_grid(runs, train)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    rows, csv_path, png_path = collect(experiment, root)
+    trained = {k: v for k, v in times.items() if v is not None}
+    print("\n" + format_tables(experiment, rows))
+    print(f"\nwrote {csv_path}" + (f" and {png_path}" if png_path else ""))
+    print(f"trained {len(trained)} run(s) in {time.perf_counter() - start:.0f} s wall time "
+          f"({', '.join(f'{k} {v:.0f} s' for k, v in trained.items()) or 'all done already'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

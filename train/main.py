@@ -1,0 +1,247 @@
+"""Trains a pose model of the paper: `python -m train.main --backbone=resnet50 --res=28` (Table 4 run).
+
+Run `python -m train.main --help` for the flags and presets (train/config.py). Everything of a run lives
+in --workdir: config.json (the resolved configuration), checkpoints/ (orbax: last few epochs + the
+best by validation PCKh, with the optimiser, PRNG and data-iterator state), metrics.jsonl and
+tensorboard/. Restarting the same command resumes from the newest checkpoint and ends with the same
+parameters as an uninterrupted run; SIGTERM saves a checkpoint and exits cleanly.
+
+Data parallelism: `jax.pmap` over the local devices; with several hosts (the usual environment
+variables of `jax.distributed.initialize`: JAX_COORDINATOR_ADDRESS, SLURM, Open MPI) each host reads
+its own shard of every global batch.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from data import pckh
+from dsnt_jax.models import create_model, heatmap_size_for, load_torchvision_resnet
+from train import config as config_lib
+from train import data as data_lib
+from train import state as state_lib
+from train import steps as steps_lib
+from train import validation
+from train.checkpoint import Checkpointer
+from train.metrics import MetricsWriter, Progress
+
+PROG = "python -m train.main"
+TORCHVISION_URLS = {
+    "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    "resnet34": "https://download.pytorch.org/models/resnet34-b627a593.pth",
+    "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+    "resnet101": "https://download.pytorch.org/models/resnet101-63fe2227.pth",
+    "resnet152": "https://download.pytorch.org/models/resnet152-394f9c45.pth",
+}
+
+
+def maybe_initialize_distributed() -> None:
+    """Calls `jax.distributed.initialize` when a multi-process launch is detected from the environment."""
+    env = os.environ
+    if "JAX_COORDINATOR_ADDRESS" in env:
+        kwargs: dict[str, Any] = {"coordinator_address": env["JAX_COORDINATOR_ADDRESS"]}
+        if "JAX_NUM_PROCESSES" in env:
+            kwargs["num_processes"] = int(env["JAX_NUM_PROCESSES"])
+        if "JAX_PROCESS_ID" in env:
+            kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
+        jax.distributed.initialize(**kwargs)
+    elif any(int(env.get(k, "1") or 1) > 1 for k in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")):
+        jax.distributed.initialize()  # JAX's cluster detection reads SLURM / Open MPI variables
+
+
+def _sync_workdir_config(cfg: config_lib.Config) -> None:
+    """Checks that cfg may continue what --workdir holds, then writes config.json (first host)."""
+    path = os.path.join(cfg.workdir, config_lib.CONFIG_FILE)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            saved = config_lib.Config.from_json(f.read())
+        config_lib.check_resumable(saved, cfg)
+    if jax.process_index() == 0:
+        os.makedirs(cfg.workdir, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(cfg.to_json())
+
+
+def _load_pretrained(cfg: config_lib.Config, state: state_lib.TrainState) -> state_lib.TrainState:
+    if not os.path.exists(cfg.pretrained):
+        url = TORCHVISION_URLS.get(cfg.backbone, "")
+        raise FileNotFoundError(
+            f"--pretrained {cfg.pretrained} does not exist. ImageNet weights cannot be downloaded from "
+            f"here; fetch torchvision's {cfg.backbone} state dict elsewhere ({url}) and pass its path.")
+    variables, _ = load_torchvision_resnet(cfg.pretrained, {"params": state.params,
+                                                            "batch_stats": state.batch_stats})
+    return state_lib.replace_variables(state, variables)
+
+
+class _Stop:
+    """SIGTERM → finish the current step, save a checkpoint and exit.
+
+    With several hosts the signal reaches them at different steps, so they agree (all-gather of the
+    flags) every `sync_every` steps and stop together; a single host stops after the current step.
+    """
+
+    def __init__(self, sync_every: int) -> None:
+        self._received = False
+        self._sync_every = sync_every if jax.process_count() > 1 else 1
+        self._previous = signal.signal(signal.SIGTERM, self._handler)
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        del signum, frame
+        self._received = True
+
+    def requested(self, step: int) -> bool:
+        """Whether to stop after `step` (the same answer on every host)."""
+        if jax.process_count() == 1:
+            return self._received
+        if step % self._sync_every:
+            return False
+        from jax.experimental import multihost_utils
+
+        return bool(np.any(multihost_utils.process_allgather(np.int32(self._received))))
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _run_name(cfg: config_lib.Config) -> str:
+    res = f"@{cfg.res}" if cfg.is_resnet else ""
+    reg = "" if cfg.reg == "none" else f"+{cfg.reg}"
+    return f"{cfg.backbone}{res} {cfg.output}{reg}"
+
+
+def train(cfg: config_lib.Config) -> int:
+    """Runs (or resumes) the training described by `cfg`; returns the exit status."""
+    devices = jax.local_devices()
+    n_local, n_global, is_main = len(devices), jax.device_count(), jax.process_index() == 0
+    log = print if is_main else (lambda *_: None)
+    if cfg.batch_size % n_global:
+        raise ValueError(f"--batch-size={cfg.batch_size} does not divide over the {n_global} devices; "
+                         f"use a multiple of {n_global}")
+    _sync_workdir_config(cfg)
+
+    ds = data_lib.open_datasets(cfg, log=log)
+    spe = data_lib.steps_per_epoch(cfg, len(ds.train))
+    total_steps = cfg.epochs * spe
+    dtype = jnp.bfloat16 if cfg.precision == "bfloat16" else jnp.float32
+    model = create_model(cfg.backbone, res=cfg.res, output=cfg.output, activation=cfg.activation,
+                         dtype=dtype, axis_name=steps_lib.AXIS, **cfg.overrides_dict())
+    schedule = state_lib.epoch_schedule(cfg.lr, cfg.lr_milestones, cfg.lr_gamma, spe)
+    state = state_lib.create_train_state(model, cfg.seed, cfg.input_size,
+                                         state_lib.torch_rmsprop(schedule))
+    hm = heatmap_size_for(cfg.backbone, cfg.res, cfg.input_size)
+    log(f"{_run_name(cfg)}: {cfg.input_size} px input, {hm}×{hm} heatmaps; {ds.name}: "
+        f"{len(ds.train)} train / {len(ds.val)} val; {spe} steps/epoch × {cfg.epochs} epochs, batch "
+        f"{cfg.batch_size} over {n_global} device(s)")
+
+    train_iter = iter(data_lib.train_loader(cfg, ds.train, shard_index=jax.process_index(),
+                                            shard_count=jax.process_count()))
+    ckpt = Checkpointer(os.path.join(cfg.workdir, "checkpoints"), keep=cfg.keep_checkpoints)
+    meta: dict[str, Any] = {"epoch": 0, "step": 0, "best_pckh": None, "best_step": None}
+    latest = ckpt.latest_step()
+    if latest is not None:
+        state, meta = ckpt.restore(latest, state, train_iter)
+        log(f"resuming from step {latest} (epoch {meta['epoch']}) in {ckpt.directory}")
+    elif cfg.pretrained:
+        state = _load_pretrained(cfg, state)
+        log(f"loaded ImageNet weights from {cfg.pretrained}")
+    step = int(state.step)
+
+    train_step = steps_lib.make_train_step(output=cfg.output, reg=cfg.reg, sigma=cfg.sigma,
+                                           reg_coeff=cfg.reg_coeff, learning_rate_fn=schedule, devices=devices)
+    eval_step = steps_lib.make_eval_step(model.apply, output=cfg.output, activation=cfg.activation,
+                                         flip_test=cfg.flip_test, devices=devices)
+    rstate = steps_lib.replicate(state, devices)
+    writer = MetricsWriter(cfg.workdir, enabled=is_main)
+    progress = Progress(total_steps, step, enabled=is_main)
+    stop = _Stop(cfg.log_every)
+    pending: list[dict[str, jax.Array]] = []
+    baseline = data_lib.mean_pose(ds.train_coords)
+
+    def validate(epoch: int) -> float:
+        variables = {"params": rstate.params, "batch_stats": rstate.batch_stats}
+        loader = data_lib.eval_loader(cfg, ds.val, shard_index=jax.process_index(),
+                                      shard_count=jax.process_count())
+        preds, base = validation.predict_split(eval_step, variables, loader, len(ds.val), n_local, baseline)
+        result, base_result = validation.score(preds, ds.val_targets), validation.score(base, ds.val_targets)
+        summary = result.summary()
+        flip = " flip" if cfg.flip_test else ""
+        progress.write(f"validation PCKh after epoch {epoch} (step {step}) on {ds.name}:\n" + pckh.format_table(
+            {f"{_run_name(cfg)}{flip}": summary, "mean pose (baseline)": base_result.summary()}))
+        writer.write("val", step, epoch, summary)
+        progress.restart_clock()
+        return summary["total"]
+
+    try:
+        while step < total_steps:
+            batch = next(train_iter)
+            rstate, metrics = train_step(rstate, steps_lib.shard(
+                {k: np.asarray(batch[k]) for k in ("image", "coords", "mask")}, n_local))
+            del batch
+            step += 1
+            pending.append(metrics)
+            progress.update(1)
+            stopping = stop.requested(step)
+            epoch_end = step % spe == 0 or step == total_steps
+            if len(pending) >= cfg.log_every or epoch_end or stopping:
+                values = {k: float(np.mean([m[k][0] for m in jax.device_get(pending)])) for k in pending[0]}
+                values["images_per_s"] = progress.images_per_second(len(pending) * cfg.batch_size)
+                writer.write("train", step, step // spe, values)
+                progress.update(0, loss=values["loss"], lr=values["lr"], img_s=values["images_per_s"])
+                pending = []
+            if not (epoch_end or stopping):
+                continue
+            epoch = -(-step // spe)
+            pckh_total = None
+            if epoch_end and (epoch % cfg.eval_every == 0 or step == total_steps):
+                pckh_total = validate(epoch)
+                if meta["best_pckh"] is None or pckh_total > meta["best_pckh"]:
+                    meta.update(best_pckh=pckh_total, best_step=step)
+            meta.update(epoch=epoch, step=step)
+            ckpt.save(step, steps_lib.unreplicate(rstate), meta, train_iter, pckh_total)
+            progress.restart_clock()
+            if stopping:
+                ckpt.wait()
+                progress.write(f"SIGTERM: saved step {step} in {ckpt.directory}; rerun the same command "
+                               f"to resume")
+                return 0
+    finally:
+        stop.restore()
+        if hasattr(train_iter, "close"):  # worker processes of num_workers > 0
+            train_iter.close()
+        progress.close()
+        ckpt.close()
+        writer.close()
+    if meta["best_pckh"] is not None:
+        log(f"done: {total_steps} steps; best validation PCKh {meta['best_pckh']:.2f} at step "
+            f"{meta['best_step']}; checkpoints in {ckpt.directory}")
+    else:
+        log(f"done: {total_steps} steps; checkpoints in {ckpt.directory}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parses flags (bad combinations exit with status 2) and trains."""
+    cfg = config_lib.parse_args(argv)
+    maybe_initialize_distributed()
+    start = time.time()
+    try:
+        status = train(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    if jax.process_index() == 0:
+        print(f"wall time {time.time() - start:.0f} s")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

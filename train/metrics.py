@@ -1,0 +1,93 @@
+"""Run logging: a tqdm progress bar, a JSON-lines metrics file and TensorBoard scalars (tensorboardX).
+
+Only the first host writes files (`enabled=False` elsewhere). Records look like
+{"step": 1200, "epoch": 3, "split": "train", "loss": 0.41, "lr": 0.00025, "images_per_s": 180.2} and
+{"step": 1200, "epoch": 3, "split": "val", "total": 71.3, "head": ..., "auc": ...}; TensorBoard gets the
+same numbers under "train/<key>" and "val/<key>".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def _clean(value: Any) -> Any:
+    value = float(value)
+    return None if math.isnan(value) or math.isinf(value) else value
+
+
+class MetricsWriter:
+    """Appends metric records to WORKDIR/metrics.jsonl and WORKDIR/tensorboard/ (first host only)."""
+
+    def __init__(self, workdir: str, *, enabled: bool = True):
+        self._enabled = enabled
+        self._jsonl = None
+        self._tb = None
+        if enabled:
+            os.makedirs(workdir, exist_ok=True)
+            # Appending keeps the history of an interrupted run; resumed steps may repeat a few lines.
+            self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a", encoding="utf-8")
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+
+    def write(self, split: str, step: int, epoch: int, values: Mapping[str, Any]) -> None:
+        """Logs scalar `values` of `split` ('train' or 'val') at `step`."""
+        if not self._enabled:
+            return
+        record = {"step": int(step), "epoch": int(epoch), "split": split, "time": round(time.time(), 3)}
+        record.update({k: _clean(v) for k, v in values.items()})
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        for key, value in values.items():
+            if _clean(value) is not None:
+                self._tb.add_scalar(f"{split}/{key}", float(value), int(step))
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self._enabled:
+            self._jsonl.close()
+            self._tb.close()
+
+
+class Progress:
+    """A tqdm bar over the run's steps showing loss, learning rate and training images/s."""
+
+    def __init__(self, total_steps: int, initial_step: int, *, enabled: bool = True):
+        self._bar = tqdm.tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True,
+                              disable=not enabled, mininterval=1.0, smoothing=0.1)
+        self._last_time = time.perf_counter()
+        self._last_images = 0
+
+    def images_per_second(self, images: int) -> float:
+        """Images/s since the previous call, given the images processed since then."""
+        now = time.perf_counter()
+        rate = images / max(now - self._last_time, 1e-9)
+        self._last_time = now
+        return rate
+
+    def restart_clock(self) -> None:
+        """Excludes the time spent since the last call (evaluation, checkpointing) from images/s."""
+        self._last_time = time.perf_counter()
+
+    def update(self, steps: int, **postfix: float) -> None:
+        self._bar.update(steps)
+        if postfix:
+            self._bar.set_postfix({k: f"{v:.3g}" for k, v in postfix.items()}, refresh=False)
+
+    def write(self, text: str) -> None:
+        """Prints above the bar."""
+        self._bar.write(text)
+
+    def close(self) -> None:
+        self._bar.close()

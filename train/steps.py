@@ -1,0 +1,149 @@
+"""Data-parallel (jax.pmap) training and evaluation steps.
+
+Every array crossing a step has a leading device axis D: a global batch of B examples arrives as
+[D, B/D, ...] and the TrainState is replicated ([D, ...] leaves). Within a step:
+
+* BatchNorm averages its batch statistics over the pmap axis (the model is built with
+  `axis_name=AXIS`), so normalisation uses the statistics of the whole global batch.
+* The loss of the paper is a masked mean over the joints of the whole batch, Σ(mask·loss)/Σmask. Each
+  device scales its own masked mean by w_d/Σw (w_d = Σmask on device d, or 1 for the unmasked HM
+  loss), which makes the scaled losses sum to the global loss, and differentiates that. Because the
+  BatchNorm statistics couple the devices, the backward pass of their `pmean` hands every device the
+  cotangents of all devices' losses, so each device's gradient is its local share of the gradient of
+  the global loss, and their `psum` is that gradient exactly: D devices and one device with the same
+  global batch take the same step (tests/test_train_steps.py). Scaling gradients after
+  differentiation instead would mix weighted and unweighted terms at the BatchNorm layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+
+from data.augment import flip_images, unflip_heatmaps
+from dsnt_jax import ops
+from dsnt_jax.models import hm_decode, pose_loss
+from train.state import TrainState
+
+AXIS = "batch"
+Batch = dict[str, jax.Array]
+
+
+def make_train_step(*, output: str, reg: str, sigma: float, reg_coeff: float,
+                    learning_rate_fn: optax.Schedule, devices: Sequence[jax.Device] | None = None
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """Builds the pmapped update `(state, batch) -> (state, metrics)`.
+
+    Args:
+      output, reg, sigma, reg_coeff: the loss (`dsnt_jax.models.pose_loss`).
+      learning_rate_fn: the optimiser's schedule, to report the rate used by each step.
+      devices: the devices to map over (default: all local devices).
+
+    Returns:
+      A function of a replicated TrainState and a batch {'image' [D, b, S, S, 3], 'coords' [D, b, J, 2],
+      'mask' [D, b, J]} returning the new state (the input state's buffers are donated) and replicated
+      float32 metrics {'loss', 'lr', and 'euclidean'/'reg' or 'mse'}, each averaged like the gradient.
+    """
+
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        rng = jax.random.fold_in(state.rng, state.step)
+        weight = jnp.ones((), jnp.float32) if output == "hm" else jnp.sum(batch["mask"].astype(jnp.float32))
+        scale = weight / jnp.maximum(jax.lax.psum(weight, AXIS), 1e-12)
+
+        def loss_fn(params: Any) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
+            outputs, updates = state.apply_fn(
+                {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+                mutable=["batch_stats"], rngs={"dropout": rng})
+            loss, aux = pose_loss(outputs, batch["coords"], batch["mask"], output=output, reg=reg,
+                                  sigma_t=sigma, reg_coeff=reg_coeff)
+            # This device's share of the global loss; differentiated as a whole (see the module docstring).
+            return loss * scale, (aux, updates["batch_stats"])
+
+        (_, (aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grads = jax.lax.psum(grads, AXIS)
+        metrics = {k: v for k, v in aux.items() if k != "per_stack"}
+        metrics["loss"] = jnp.sum(aux["per_stack"])
+        metrics = jax.lax.psum(jax.tree_util.tree_map(lambda m: m * scale, metrics), AXIS)
+        metrics["lr"] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)
+        new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+        return new_state, metrics
+
+    return jax.pmap(step, axis_name=AXIS, devices=devices, donate_argnums=(0,))
+
+
+def coords_from_logits(logits: jax.Array, params: Any, *, output: str, activation: str) -> jax.Array:
+    """Applies a model's output strategy to raw heatmap logits [B, J, H, W] → coords [B, J, 2].
+
+    For 'fc' the shared Dense(H·W → 2) is read from `params['out_fc']` (its name in the pose models).
+    """
+    logits = logits.astype(jnp.float32)
+    if output == "hm":
+        return hm_decode(logits)
+    heatmaps = ops.heatmap_activation(logits, activation)
+    if output == "dsnt":
+        return ops.dsnt(heatmaps)
+    b, j, h, w = heatmaps.shape
+    return nn.Dense(2).apply({"params": params["out_fc"]}, heatmaps.reshape(b, j, h * w))
+
+
+def predict_coords(apply_fn: Callable[..., Any], variables: Any, images: jax.Array, *, output: str,
+                   activation: str, flip_test: bool) -> jax.Array:
+    """Inference-mode coordinates [B, J, 2] (normalised) of images [B, S, S, 3].
+
+    With `flip_test` (paper-recipe §8) the images and their mirrors run as one batch; the mirrored raw
+    logits of the last stack are flipped back and their left/right channels swapped, the two logit maps
+    averaged, and only then activated and decoded.
+    """
+    if not flip_test:
+        return apply_fn(variables, images, train=False)["coords"]
+    b = images.shape[0]
+    logits = apply_fn(variables, jnp.concatenate([images, flip_images(images)]), train=False)["logits"]
+    averaged = 0.5 * (logits[:b] + unflip_heatmaps(logits[b:]))
+    return coords_from_logits(averaged, variables["params"], output=output, activation=activation)
+
+
+def make_eval_step(apply_fn: Callable[..., Any], *, output: str, activation: str, flip_test: bool,
+                   devices: Sequence[jax.Device] | None = None) -> Callable[[Any, jax.Array], jax.Array]:
+    """Builds the pmapped `(variables, images [D, b, S, S, 3]) -> coords [D, b, J, 2]` (normalised)."""
+
+    def step(variables: Any, images: jax.Array) -> jax.Array:
+        return predict_coords(apply_fn, variables, images, output=output, activation=activation,
+                              flip_test=flip_test)
+
+    return jax.pmap(step, axis_name=AXIS, devices=devices)
+
+
+def replicate(tree: Any, devices: Sequence[jax.Device]) -> Any:
+    """Copies a pytree to every device, with the leading device axis and sharding a pmap output has.
+
+    Going through a pmapped identity (rather than `flax.jax_utils.replicate`) gives the arrays exactly
+    the sharding the train step returns, so the step compiles once instead of twice.
+    """
+    n = len(devices)
+    stacked = jax.tree_util.tree_map(lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), tree)
+    return jax.pmap(lambda t: t, axis_name=AXIS, devices=devices)(stacked)
+
+
+def unreplicate(tree: Any) -> Any:
+    """The first local device's copy of a replicated pytree, as host numpy arrays."""
+
+    def first(x: jax.Array) -> np.ndarray:
+        return np.asarray(x.addressable_shards[0].data).reshape(x.shape[1:])
+
+    return jax.tree_util.tree_map(first, tree)
+
+
+def shard(batch: dict[str, Any], num_devices: int) -> dict[str, Any]:
+    """Reshapes host arrays [B, ...] to [num_devices, B / num_devices, ...] for pmap."""
+    out = {}
+    for key, value in batch.items():
+        if value.shape[0] % num_devices:
+            raise ValueError(f"batch of {value.shape[0]} does not split over {num_devices} devices")
+        out[key] = value.reshape(num_devices, value.shape[0] // num_devices, *value.shape[1:])
+    return out
