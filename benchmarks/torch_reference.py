@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from dsnt_jax.models import RES_TO_DILATE, RESNET_SPECS
+
 try:
     import dsntnn
     import torch
@@ -32,16 +34,6 @@ except ImportError as e:  # one clear message instead of a failure deep inside a
     raise ImportError(f"benchmarks.torch_reference needs PyTorch and dsntnn "
                       f"(pip install torch dsntnn): {e}") from None
 
-# name → (block, blocks per stage), as torchvision.
-RESNET_SPECS: dict[str, tuple[str, tuple[int, ...]]] = {
-    "resnet18": ("basic", (2, 2, 2, 2)),
-    "resnet34": ("basic", (3, 4, 6, 3)),
-    "resnet50": ("bottleneck", (3, 4, 6, 3)),
-    "resnet101": ("bottleneck", (3, 4, 23, 3)),
-    "resnet152": ("bottleneck", (3, 8, 36, 3)),
-}
-# Heatmap side for a 224-px input → number of dilated stages.
-RES_TO_DILATE: dict[int, int] = {7: 0, 14: 1, 28: 2, 56: 3}
 WIDTHS = (64, 128, 256, 512)
 
 
