@@ -32,8 +32,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -43,13 +41,19 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from dsnt_jax.models import create_model, heatmap_size_for, input_size_for, pose_loss
+from benchmarks.memory import (
+    MEMORY_BATCH,
+    jax_compiled_memory,
+    jax_runtime_peak,
+    jax_runtime_peak_in_child,
+    torch_train_memory,
+)
+from dsnt_jax.models import create_model, heatmap_size_for, input_size_for
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 RESOLUTIONS = (7, 14, 28, 56)
 HOURGLASSES = ("hg1", "hg2", "hg4", "hg8")
 ALL_MODELS: tuple[str, ...] = tuple(f"{b}@{r}" for b in RESNETS for r in RESOLUTIONS) + HOURGLASSES
-MEMORY_BATCH = 8
 # Φ⁻¹(0.75): MAD / this estimates a normal σ (anibali/tele `MedianValueMeter`).
 MAD_TO_SIGMA = 0.6744897501960817
 # Targets of this project for an H100 (paper Table 4 reports 18.6 ms on its 2017 GPU).
@@ -201,95 +205,6 @@ def torch_infer_fn(spec: ModelSpec, input_size: int, dtype_name: str, device: st
         return to_pixels(coords.cpu().numpy()[0], input_size)  # .cpu() synchronises
 
     return infer
-
-
-# ----------------------------------------------------------------------------------------------------
-# Memory of one training forward + backward
-
-
-def random_batch(batch: int, input_size: int, num_joints: int = 16, seed: int = 0
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(images [B, S, S, 3] in [0, 1], targets [B, J, 2] normalised, mask [B, J] ones), float32."""
-    rng = np.random.default_rng(seed)
-    images = rng.uniform(0, 1, (batch, input_size, input_size, 3)).astype(np.float32)
-    targets = rng.uniform(-0.9, 0.9, (batch, num_joints, 2)).astype(np.float32)
-    return images, targets, np.ones((batch, num_joints), np.float32)
-
-
-def loss_and_grads_fn(model: Any) -> Callable:
-    """(params, batch_stats, images, targets, mask) → ((loss, new batch_stats), grads); DSNTr loss."""
-
-    def loss_fn(params, batch_stats, images, targets, mask):
-        outputs, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
-                                       train=True, mutable=["batch_stats"])
-        loss, _ = pose_loss(outputs, targets, mask, output="dsnt", reg="js")
-        return loss, updates["batch_stats"]
-
-    return jax.value_and_grad(loss_fn, has_aux=True)
-
-
-def jax_compiled_memory(model: Any, input_size: int, batch: int = MEMORY_BATCH) -> int:
-    """Bytes XLA plans for one jitted training forward + backward of `model` (a dsnt-output pose model)
-    on a [batch, S, S, 3] input: arguments + outputs + temporaries − aliased bytes. Nothing runs."""
-    shapes = jax.eval_shape(model.init, jax.random.key(0),
-                            jax.ShapeDtypeStruct((1, input_size, input_size, 3), jnp.float32))
-    images, targets, mask = random_batch(batch, input_size)
-    stats = (jax.jit(loss_and_grads_fn(model))
-             .lower(shapes["params"], shapes["batch_stats"], images, targets, mask)
-             .compile().memory_analysis())
-    return int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
-               - stats.alias_size_in_bytes)
-
-
-def jax_runtime_peak(spec: ModelSpec, input_size: int, dtype: Any, batch: int = MEMORY_BATCH) -> int:
-    """Allocator peak of this process after one training forward + backward (GPU/TPU only)."""
-    device = jax.devices()[0]
-    model = build(spec, dtype)
-    variables = init_variables(model, input_size)
-    images, targets, mask = (jax.device_put(a, device) for a in random_batch(batch, input_size))
-    out = jax.jit(loss_and_grads_fn(model))(variables["params"], variables["batch_stats"], images,
-                                            targets, mask)
-    jax.block_until_ready(out)
-    stats = device.memory_stats()
-    if not stats or "peak_bytes_in_use" not in stats:
-        raise RuntimeError(f"{device.platform} reports no allocator statistics")
-    return int(stats["peak_bytes_in_use"])
-
-
-def jax_runtime_peak_in_child(spec: ModelSpec, input_size: int, dtype_name: str) -> int:
-    """`jax_runtime_peak` in a fresh interpreter, so earlier models' peaks do not count."""
-    cmd = [sys.executable, "-m", "benchmarks.inference", "--memory-child", spec.name,
-           "--input-size", str(input_size), "--dtype", dtype_name]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory child for {spec.name} failed:\n{proc.stderr[-2000:]}")
-    return int(json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"])
-
-
-def torch_train_memory(spec: ModelSpec, input_size: int, dtype_name: str, device: str,
-                       batch: int = MEMORY_BATCH) -> int:
-    """CUDA bytes allocated at the peak of one training forward + backward, above the prior baseline."""
-    import torch
-
-    from benchmarks.torch_reference import build_torch_model, torch_loss
-
-    model = build_torch_model(spec.backbone, spec.res)
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    model.to(device).train()
-    images, targets, mask = random_batch(batch, input_size)
-    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(device)
-    with torch.autocast("cuda", torch.bfloat16, enabled=dtype_name == "bfloat16"):
-        outputs = model(x)
-    torch_loss(outputs, torch.from_numpy(targets).to(device), torch.from_numpy(mask).to(device)).backward()
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() - base
-    del model, outputs, x
-    torch.cuda.empty_cache()
-    return int(peak)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -474,7 +389,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]] | None:
         if args.memory_child:
             spec = parse_models(args.memory_child)[0]
             size = args.input_size or input_size_for(spec.backbone)
-            print(json.dumps({"peak_bytes": jax_runtime_peak(spec, size, DTYPES[args.dtype])}))
+            model = build(spec, DTYPES[args.dtype])
+            peak = jax_runtime_peak(model, init_variables(model, size), size)
+            print(json.dumps({"peak_bytes": peak}))
             return None
         rows = run(_resolve(args))
     except ValueError as e:

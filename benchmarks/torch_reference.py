@@ -174,6 +174,15 @@ def apply_paper_dilation(trunk: nn.Module, dilate: int) -> nn.Module:
     return trunk
 
 
+def trunk_forward(trunk: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """conv1 … layer4 of a torchvision-layout ResNet (`resnet_trunk`, or a whole torchvision ResNet).
+
+    images [B, 3, S, S] → features [B, C, h, w] (C = 512 basic blocks, 2048 bottlenecks; h = S / stride).
+    """
+    x = trunk.maxpool(trunk.relu(trunk.bn1(trunk.conv1(images))))
+    return trunk.layer4(trunk.layer3(trunk.layer2(trunk.layer1(x))))
+
+
 # ----------------------------------------------------------------------------------------------------
 # Pose model and loss
 
@@ -191,9 +200,7 @@ class TorchPoseModel(nn.Module):
         self.hm_conv = nn.Conv2d(features, num_joints, 1, bias=False)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        t = self.backbone
-        x = t.maxpool(t.relu(t.bn1(t.conv1(images))))
-        x = t.layer4(t.layer3(t.layer2(t.layer1(x))))
+        x = trunk_forward(self.backbone, images)
         # Like dsnt-jax, the head's outputs are float32 whatever the trunk computed in (autocast).
         logits = self.hm_conv(x).float()
         heatmaps = dsntnn.flat_softmax(logits)

@@ -42,13 +42,12 @@ from benchmarks.inference import (
     build,
     device_description,
     init_variables,
-    loss_and_grads_fn,
     machine_description,
     median_mad,
     parse_models,
-    random_batch,
     torch_device_info,
 )
+from benchmarks.memory import loss_and_grads_fn, random_batch
 from dsnt_jax.models import input_size_for
 from train.state import torch_rmsprop
 

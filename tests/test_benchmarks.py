@@ -1,4 +1,5 @@
-"""benchmarks.inference / benchmarks.train_step smoke runs, and the PyTorch reference model's parity."""
+"""benchmarks.inference / benchmarks.train_step smoke runs, benchmarks.memory, and the PyTorch reference
+model's parity."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import inference, train_step
+from benchmarks import inference, memory, train_step
 from dsnt_jax.models import create_model, pose_loss, state_dict_to_variables
 
 HAS_TORCH = all(importlib.util.find_spec(m) is not None for m in ("torch", "dsntnn"))
@@ -71,7 +72,7 @@ def test_compiled_training_memory_counts_weights_gradients_and_activations():
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(shapes["params"]))
     batch = 8
-    used = inference.jax_compiled_memory(model, 32, batch=batch)
+    used = memory.jax_compiled_memory(model, 32, batch=batch)
     # Parameters in, gradients out, the input images and the stem's 16×16×8 activations at least.
     assert used >= 2 * param_bytes + batch * (32 * 32 * 3 + 16 * 16 * 8) * 4
     assert used < 64 * 2**20  # and nothing absurd for a 0.1 M-parameter network
@@ -124,7 +125,11 @@ def test_torch_reference_uses_the_papers_dilation_rule(res, dilations):
 def test_torch_reference_matches_flax_model():
     import torch
 
-    from benchmarks.torch_reference import build_torch_model, copy_flax_variables, torch_loss
+    from benchmarks.torch_reference import (
+        build_torch_model,
+        copy_flax_variables,
+        torch_loss,
+    )
 
     torch.manual_seed(0)
     net = build_torch_model("resnet18", 28)

@@ -1,6 +1,6 @@
-"""train.experiments: grid definitions (CPU and --full = the paper's settings), --dry-run, result collection,
-CSV, plots and table from metrics.jsonl files written in the real format, the skip-if-done logic, and one
-tiny real two-run grid trained in-process on a tiny synthetic dataset."""
+"""train.experiments (grid definitions, CPU and --full = the paper's settings, --dry-run, the skip-if-done
+logic) and train.experiment_report (result collection, CSV, plots and table from metrics.jsonl files
+written in the real format), and one tiny real two-run grid trained in-process on a tiny synthetic dataset."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from train import config as C
+from train import experiment_report as R
 from train import experiments as E
 from train.metrics import METRICS_FILE, MetricsWriter
 
@@ -154,11 +155,11 @@ def _fake_grid(exp: E.Experiment, skip: set[str]) -> dict[str, float]:
 def test_collect_writes_csv_plot_and_table(tmp_path: Path) -> None:
     exp = E.build_experiment("fig7", root=str(tmp_path))
     totals = _fake_grid(exp, skip={"fc-56"})
-    rows, csv_path, png_path = E.collect(exp, str(tmp_path))
+    rows, csv_path, png_path = R.collect(exp, str(tmp_path))
     with open(csv_path, newline="") as f:
         table = list(csv.DictReader(f))
     assert [r["run"] for r in table] == [r.name for r in exp.runs]
-    assert tuple(table[0]) == E.CSV_COLUMNS
+    assert tuple(table[0]) == R.CSV_COLUMNS
     for r in table:
         if r["run"] == "fc-56":
             assert (r["total"], r["done"], r["series"], r["x"]) == ("", "False", "FC", "24")
@@ -168,7 +169,7 @@ def test_collect_writes_csv_plot_and_table(tmp_path: Path) -> None:
         assert float(r["pckh@0.1"]) == pytest.approx(totals[r["run"]] / 4) and r["done"] == "True"
     image = np.asarray(Image.open(png_path))
     assert png_path.endswith("fig7.png") and image.ndim == 3 and image.shape[0] > 100
-    text = E.format_tables(exp, rows)
+    text = R.format_tables(exp, rows)
     header = next(line for line in text.splitlines() if line.startswith("| series"))
     assert header.split("|")[2:6] == [" 3 ", " 6 ", " 12 ", " 24 "]
     fc_line = next(line for line in text.splitlines() if line.startswith("| FC |"))
@@ -179,8 +180,8 @@ def test_collect_writes_csv_plot_and_table(tmp_path: Path) -> None:
 def test_bar_plot_and_pivot_for_tables(tmp_path: Path) -> None:
     exp = E.build_experiment("table3", root=str(tmp_path))
     _fake_grid(exp, skip=set())
-    rows, _, png_path = E.collect(exp, str(tmp_path))
-    series, xs, values = E.pivot(rows)
+    rows, _, png_path = R.collect(exp, str(tmp_path))
+    series, xs, values = R.pivot(rows)
     assert series == ["None", "Variance (λ=100)", "KL (λ=1)", "JS (λ=1)"]
     assert xs == ["N/A", "σ_t=1", "σ_t=2"]
     assert values[("JS (λ=1)", "σ_t=2")] == pytest.approx(10.0 + 3 * 6)
@@ -188,7 +189,7 @@ def test_bar_plot_and_pivot_for_tables(tmp_path: Path) -> None:
     assert Image.open(png_path).size[0] > 100
     # No results at all: CSV with blanks, no plot.
     empty = E.build_experiment("table2", root=str(tmp_path / "empty"))
-    rows, csv_path, png_path = E.collect(empty, str(tmp_path / "empty"))
+    rows, csv_path, png_path = R.collect(empty, str(tmp_path / "empty"))
     assert png_path is None and all(r["total"] is None for r in rows) and os.path.isfile(csv_path)
 
 
@@ -196,16 +197,16 @@ def test_resumed_duplicates_and_torn_lines(tmp_path: Path) -> None:
     workdir = str(tmp_path / "run")
     _write_metrics(workdir, [(10, 1, 30.0), (20, 2, 50.0), (10, 1, 31.0), (20, 2, 40.0)])
     run = E.Run("run", "S", 1, dataclasses.replace(C.resolve({"epochs": 2}), workdir=workdir))
-    row = E.summarize_run("x", run)
+    row = R.summarize_run("x", run)
     assert (row["total"], row["epoch"], row["best_total"], row["best_epoch"]) == (40.0, 2, 50.0, 2)
     path = os.path.join(workdir, METRICS_FILE)
     with open(path, "a") as f:
         f.write('{"split": "val", "step": 30, "to')  # killed mid-write
-    assert E.summarize_run("x", run)["total"] == 40.0
+    assert R.summarize_run("x", run)["total"] == 40.0
     with open(path, "a") as f:
         f.write('\n{"split": "val", "step": 40, "epoch": 2, "total": 1.0}\n')
     with pytest.raises(ValueError, match="line 9, is not JSON"):
-        E.read_val_records(workdir)
+        R.read_val_records(workdir)
 
 
 def test_run_grid_skips_finished_runs_and_resumes_unfinished(tmp_path: Path) -> None:
@@ -261,7 +262,7 @@ def test_tiny_real_grid_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     runs = E.select_runs(exp, "hm-28,dsntr-28")
     times = E.run_grid(runs, train)
     assert set(times) == {"hm-28", "dsntr-28"} and all(t > 0 for t in times.values())
-    rows, _, png_path = E.collect(exp, root)
+    rows, _, png_path = R.collect(exp, root)
     done = [r for r in rows if r["done"]]
     assert [r["run"] for r in done] == ["hm-28", "dsntr-28"]
     for r in done:

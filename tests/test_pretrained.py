@@ -180,87 +180,13 @@ def test_template_dtype_is_respected():
 # Numerical parity with a PyTorch network that uses torchvision's module names
 
 
-def _torch_resnet(arch: str, dilate: int):
-    """A minimal torchvision-layout ResNet in PyTorch, dilated by mutating its convs as the paper does."""
-    torch_mod = _torch()
-    nn = torch_mod.nn
+def _torch_reference():
+    """benchmarks.torch_reference (torchvision-layout ResNets), skipping without torch or dsntnn."""
+    _torch()
+    pytest.importorskip("dsntnn")
+    from benchmarks import torch_reference
 
-    class Basic(nn.Module):
-        expansion = 1
-
-        def __init__(self, cin, width, stride):
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, width, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(width)
-            self.conv2 = nn.Conv2d(width, width, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(width)
-            self.downsample = None
-            if stride != 1 or cin != width:
-                self.downsample = nn.Sequential(nn.Conv2d(cin, width, 1, stride, bias=False),
-                                                nn.BatchNorm2d(width))
-
-        def forward(self, x):
-            y = self.bn2(self.conv2(torch_mod.relu(self.bn1(self.conv1(x)))))
-            return torch_mod.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-    class Bottle(nn.Module):
-        expansion = 4
-
-        def __init__(self, cin, width, stride):
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(width)
-            self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(width)
-            self.conv3 = nn.Conv2d(width, width * 4, 1, bias=False)
-            self.bn3 = nn.BatchNorm2d(width * 4)
-            self.downsample = None
-            if stride != 1 or cin != width * 4:
-                self.downsample = nn.Sequential(nn.Conv2d(cin, width * 4, 1, stride, bias=False),
-                                                nn.BatchNorm2d(width * 4))
-
-        def forward(self, x):
-            y = torch_mod.relu(self.bn1(self.conv1(x)))
-            y = torch_mod.relu(self.bn2(self.conv2(y)))
-            y = self.bn3(self.conv3(y))
-            return torch_mod.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-    block, sizes = {"resnet18": (Basic, (2, 2, 2, 2)), "resnet50": (Bottle, (3, 4, 6, 3))}[arch]
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-            self.bn1 = nn.BatchNorm2d(64)
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
-            cin = 64
-            for s, (n, width) in enumerate(zip(sizes, (64, 128, 256, 512))):
-                blocks = []
-                for b in range(n):
-                    blocks.append(block(cin, width, (1 if s == 0 else 2) if b == 0 else 1))
-                    cin = width * block.expansion
-                setattr(self, f"layer{s + 1}", nn.Sequential(*blocks))
-
-        def forward(self, x):
-            x = self.maxpool(torch_mod.relu(self.bn1(self.conv1(x))))
-            return self.layer4(self.layer3(self.layer2(self.layer1(x))))
-
-    net = Net()
-    _dilate_like_the_paper(net, dilate, nn)
-    return net
-
-
-def _dilate_like_the_paper(net, dilate: int, nn) -> None:
-    """anibali/dsnt-pose2d's rule: in the last `dilate` groups, stride 2 → 1, else 3×3 → dilation d."""
-    groups = [net.layer2, net.layer3, net.layer4]
-    for i, group in enumerate(groups[len(groups) - dilate:]):
-        d = 2 ** (i + 1)
-        for module in group.modules():
-            if isinstance(module, nn.Conv2d):
-                if module.stride == (2, 2):
-                    module.stride = (1, 1)
-                elif module.kernel_size == (3, 3):
-                    module.dilation, module.padding = (d, d), (d, d)
+    return torch_reference
 
 
 def _randomise_(net, seed: int) -> None:
@@ -287,9 +213,13 @@ def _trunk_features(variables, arch: str, res: int, images: np.ndarray) -> np.nd
 @pytest.mark.parametrize("arch, res", [("resnet18", 28), ("resnet50", 28), ("resnet18", 56)])
 def test_parity_with_pytorch_resnet(tmp_path, arch, res):
     torch_mod = _torch()
+    ref = _torch_reference()
     torch_mod.manual_seed(0)
     dilate = {7: 0, 14: 1, 28: 2, 56: 3}[res]
-    net = _torch_resnet(arch, dilate)
+    # The self-contained copy of torchvision's layout, whether or not torchvision is installed.
+    net = ref.apply_paper_dilation(ref.resnet_trunk(arch, use_torchvision=False), dilate)
+    stages = {"resnet18": [2, 2, 2, 2], "resnet50": [3, 4, 6, 3]}[arch]
+    assert [len(getattr(net, f"layer{i}")) for i in range(1, 5)] == stages
     _randomise_(net, seed=1)
     path = tmp_path / "net.pth"
     torch_mod.save(net.state_dict(), path)
@@ -299,7 +229,7 @@ def test_parity_with_pytorch_resnet(tmp_path, arch, res):
 
     images = np.random.default_rng(2).uniform(0, 1, (2, 64, 64, 3)).astype(np.float32)
     with torch_mod.no_grad():
-        expected = net(torch_mod.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+        expected = ref.trunk_forward(net, torch_mod.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
     got = _trunk_features(variables, arch, res, images).transpose(0, 3, 1, 2)
     assert got.shape == expected.shape == (2, expected.shape[1], 64 * res // 224, 64 * res // 224)
     assert np.abs(expected).max() > 0.1  # the comparison is not between two near-zero tensors
@@ -308,19 +238,17 @@ def test_parity_with_pytorch_resnet(tmp_path, arch, res):
 
 def test_parity_with_torchvision_resnet50(tmp_path):
     torch_mod = _torch()
+    ref = _torch_reference()
     torchvision = pytest.importorskip("torchvision")
     torch_mod.manual_seed(0)
-    net = torchvision.models.resnet50()
-    _dilate_like_the_paper(net, 2, torch_mod.nn)
+    net = ref.apply_paper_dilation(torchvision.models.resnet50(), 2)
     _randomise_(net, seed=3)
     path = tmp_path / "resnet50.pth"
     torch_mod.save(net.state_dict(), path)  # includes fc.*: must be ignored
     variables, ignored = load_torchvision_resnet(path, _random_variables("resnet50", seed=5)[1])
     assert "fc.weight" in ignored
     images = np.random.default_rng(4).uniform(0, 1, (1, 64, 64, 3)).astype(np.float32)
-    trunk = torch_mod.nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1,
-                                    net.layer2, net.layer3, net.layer4)
     with torch_mod.no_grad():
-        expected = trunk(torch_mod.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+        expected = ref.trunk_forward(net, torch_mod.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
     got = _trunk_features(variables, "resnet50", 28, images).transpose(0, 3, 1, 2)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)

@@ -122,3 +122,26 @@ def test_json_round_trip_and_resume_compatibility() -> None:
         C.check_resumable(cfg, dataclasses.replace(cfg, backbone="resnet34"))
     with pytest.raises(ValueError, match="batch_size"):
         C.check_resumable(cfg, dataclasses.replace(cfg, batch_size=16))
+
+
+def test_pretrained_weights_replace_the_trunk_and_reset_the_optimiser(tmp_path) -> None:
+    import jax
+    import numpy as np
+
+    from dsnt_jax.models import create_model, save_torchvision_resnet
+    from train import state as state_lib
+
+    tiny = '{"widths": [8, 8, 8, 8], "stem_width": 8, "stage_sizes": [1, 1, 1, 1]}'
+    cfg = C.resolve({"backbone": "resnet18", "res": 28, "input_size": 32, "model_overrides": tiny,
+                     "pretrained": str(tmp_path / "trunk.npz")})
+    model = create_model("resnet18", res=28, **cfg.overrides_dict())
+    source = state_lib.create_train_state(model, 1, 32, state_lib.torch_rmsprop(1e-3))
+    save_torchvision_resnet(cfg.pretrained, {"params": source.params, "batch_stats": source.batch_stats})
+    target = state_lib.create_train_state(model, 2, 32, state_lib.torch_rmsprop(1e-3))
+    loaded = train_main._load_pretrained(cfg, target)
+    for a, b in zip(jax.tree_util.tree_leaves(source.params["backbone"]),
+                    jax.tree_util.tree_leaves(loaded.params["backbone"]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The head (not in a torchvision file) keeps the target's initialisation.
+    np.testing.assert_array_equal(loaded.params["hm_conv"]["kernel"], target.params["hm_conv"]["kernel"])
+    assert not np.array_equal(source.params["hm_conv"]["kernel"], target.params["hm_conv"]["kernel"])

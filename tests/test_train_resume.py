@@ -1,6 +1,7 @@
-"""Kill/resume: a run killed (SIGKILL, or SIGTERM) and restarted ends with the parameters of a run that never
-stopped. Each run is a real `python -m train.main` subprocess (2 simulated CPU devices, inherited from
-conftest) on a tiny synthetic tfds dataset built in tmp_path, with a tiny ResNet (--model-overrides)."""
+"""Kill/resume: a run killed (SIGKILL), restarted, stopped (SIGTERM) and restarted again ends with the
+parameters of a run that never stopped. Each run is a real `python -m train.main` subprocess (2 simulated CPU
+devices, inherited from conftest) on a tiny synthetic tfds dataset built in tmp_path, with a tiny ResNet
+(the test-only --model-overrides flag); a shared persistent compilation cache keeps the restarts quick."""
 
 from __future__ import annotations
 
@@ -64,18 +65,24 @@ def _final_state(workdir: Path) -> dict:
     return state
 
 
-def _interrupt_after_first_checkpoint(workdir: Path, env_and_data: tuple[dict[str, str], Path],
-                                      sig: int) -> subprocess.CompletedProcess:
+def _interrupt_after_checkpoint(workdir: Path, env_and_data: tuple[dict[str, str], Path], sig: int,
+                                after_step: int = 0) -> subprocess.CompletedProcess:
+    """Starts a run, sends `sig` once a complete checkpoint later than `after_step` exists, waits for it."""
     env, data_dir = env_and_data
     proc = subprocess.Popen(_command(workdir, data_dir), env=env, cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     ckpt_dir = workdir / "checkpoints"
     deadline = time.monotonic() + 240
-    try:
+
+    def newest() -> int:
         # orbax renames a checkpoint to its bare step number only once it is complete.
-        while not (ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())):
-            assert proc.poll() is None, "the run ended before writing a checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint appeared"
+        steps = [int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()] if ckpt_dir.is_dir() else []
+        return max(steps, default=0)
+
+    try:
+        while newest() <= after_step:
+            assert proc.poll() is None, "the run ended before writing a new checkpoint"
+            assert time.monotonic() < deadline, "no new checkpoint appeared"
             time.sleep(0.02)
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
@@ -115,22 +122,42 @@ def _resumed_step(stdout: str) -> int:
     return int(match.group(1))
 
 
-def test_sigkill_then_restart_matches_uninterrupted_run(tmp_path: Path, env_and_data, reference) -> None:
-    killed = _interrupt_after_first_checkpoint(tmp_path, env_and_data, signal.SIGKILL)
+def test_sigkill_and_sigterm_then_restart_match_an_uninterrupted_run(tmp_path: Path, env_and_data,
+                                                                       reference) -> None:
+    # 1. SIGKILL once the first checkpoint is complete: nothing after it survives.
+    killed = _interrupt_after_checkpoint(tmp_path, env_and_data, signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
-    stdout = _run(tmp_path, env_and_data)
-    # The restart really continued from a checkpoint in the middle of the run.
-    assert 0 < _resumed_step(stdout) < TOTAL_STEPS
-    _assert_same_state(reference, _final_state(tmp_path))
-
-
-def test_sigterm_saves_then_restart_matches_uninterrupted_run(tmp_path: Path, env_and_data, reference) -> None:
-    stopped = _interrupt_after_first_checkpoint(tmp_path, env_and_data, signal.SIGTERM)
+    # 2. Restart; SIGTERM once it has written a newer checkpoint: it saves the current step and exits 0.
+    first = max(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    stopped = _interrupt_after_checkpoint(tmp_path, env_and_data, signal.SIGTERM, after_step=first)
     assert stopped.returncode == 0, stopped.stdout[-2000:] + stopped.stderr[-2000:]
+    resumed = _resumed_step(stopped.stdout)
+    assert 0 < resumed < TOTAL_STEPS  # the restart continued from the middle of the run
     match = re.search(r"SIGTERM: saved step (\d+)", stopped.stdout)
     assert match, stopped.stdout[-2000:]
     saved = int(match.group(1))
-    assert 0 < saved < TOTAL_STEPS
+    assert resumed < saved < TOTAL_STEPS
+    # 3. Restart again: it resumes exactly where SIGTERM saved and ends like the uninterrupted run.
     stdout = _run(tmp_path, env_and_data)
     assert _resumed_step(stdout) == saved
     _assert_same_state(reference, _final_state(tmp_path))
+
+
+def test_checkpointer_keeps_the_latest_and_the_best(tmp_path: Path) -> None:
+    import grain
+
+    ckpt = Checkpointer(tmp_path / "ckpt", keep=2, async_save=False)
+    it = iter(grain.MapDataset.range(100).to_iter_dataset())
+    pckh_by_step = {2: 80.0, 4: 50.0, 6: 60.0}
+    for step in range(1, 7):
+        value = next(it)
+        ckpt.save(step, {"w": np.full((3,), step, np.float32)}, {"step": step, "last": int(value)}, it,
+                  pckh_by_step.get(step))
+    ckpt.wait()
+    assert ckpt.all_steps() == [2, 5, 6]  # the best (step 2) and the latest two
+    fresh = iter(grain.MapDataset.range(100).to_iter_dataset())
+    state, meta = ckpt.restore(2, {"w": np.zeros((3,), np.float32)}, fresh)
+    np.testing.assert_array_equal(state["w"], np.full((3,), 2, np.float32))
+    assert meta == {"step": 2, "last": 1}
+    assert next(fresh) == 2  # the data iterator continues right after the saved position
+    ckpt.close()

@@ -46,7 +46,7 @@ def _run_steps(output: str, reg: str, num_devices: int, num_steps: int = 2
 
 
 def _assert_trees_close(a, b, name: str, atol: float) -> None:
-    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)):
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b), strict=True):
         np.testing.assert_allclose(y, x, rtol=0, atol=atol, err_msg=f"{name}{jax.tree_util.keystr(path)}")
 
 

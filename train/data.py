@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data.augment import HOURGLASS_INPUT, RESNET_INPUT, IDENTITY, normalized_to_canvas
+from data.augment import HOURGLASS_INPUT, IDENTITY, RESNET_INPUT, normalized_to_canvas
 from data.pipeline import make_eval_loader, make_train_loader
 from train.config import Config
 
