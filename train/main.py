@@ -115,7 +115,9 @@ class _Stop:
 def _run_name(cfg: config_lib.Config) -> str:
     res = f"@{cfg.res}" if cfg.is_resnet else ""
     reg = "" if cfg.reg == "none" else f"+{cfg.reg}"
-    return f"{cfg.backbone}{res} {cfg.output}{reg}"
+    # A run whose network departs from the named backbone (--model-overrides) must not pass for it.
+    custom = "" if not cfg.overrides_dict() else " (custom)"
+    return f"{cfg.backbone}{res}{custom} {cfg.output}{reg}"
 
 
 def train(cfg: config_lib.Config) -> int:
@@ -140,7 +142,8 @@ def train(cfg: config_lib.Config) -> int:
     hm = heatmap_size_for(cfg.backbone, cfg.res, cfg.input_size)
     log(f"{_run_name(cfg)}: {cfg.input_size} px input, {hm}×{hm} heatmaps; {ds.name}: "
         f"{len(ds.train)} train / {len(ds.val)} val; {spe} steps/epoch × {cfg.epochs} epochs, batch "
-        f"{cfg.batch_size} over {n_global} device(s)")
+        f"{cfg.batch_size} over {n_global} device(s)"
+        + (f"; model overrides {cfg.model_overrides}" if cfg.overrides_dict() else ""))
 
     train_iter = iter(data_lib.train_loader(cfg, ds.train, shard_index=jax.process_index(),
                                             shard_count=jax.process_count()))
