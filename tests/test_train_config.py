@@ -145,3 +145,10 @@ def test_pretrained_weights_replace_the_trunk_and_reset_the_optimiser(tmp_path) 
     # The head (not in a torchvision file) keeps the target's initialisation.
     np.testing.assert_array_equal(loaded.params["hm_conv"]["kernel"], target.params["hm_conv"]["kernel"])
     assert not np.array_equal(source.params["hm_conv"]["kernel"], target.params["hm_conv"]["kernel"])
+
+
+def test_run_label_marks_a_network_changed_by_model_overrides() -> None:
+    paper = C.resolve({"preset": "table4-r50-dsntr"})
+    assert train_main._run_name(paper) == "resnet50@28 dsnt+js"
+    cpu = C.parse_args(["--preset=synthetic-cpu"])
+    assert train_main._run_name(cpu) == "resnet18@28 (custom) dsnt+js"
