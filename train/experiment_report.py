@@ -53,6 +53,11 @@ def read_val_records(workdir: str) -> list[dict[str, Any]]:
     return out
 
 
+def reached_last_epoch(records: Sequence[Mapping[str, Any]], epochs: int) -> bool:
+    """True if one of the 'val' records is the validation after the run's last epoch (`epochs`)."""
+    return any(r.get("epoch", 0) >= epochs for r in records)
+
+
 def summarize_run(experiment: str, run: Run) -> dict[str, Any]:
     """One results row (`CSV_COLUMNS`) for `run`: its last and best validation; blanks if none yet."""
     cfg = run.config
@@ -60,7 +65,7 @@ def summarize_run(experiment: str, run: Run) -> dict[str, Any]:
                            "res": cfg.res, "heatmap": heatmap_size_for(cfg.backbone, cfg.res, cfg.input_size),
                            "train_samples": cfg.train_samples, "epochs": cfg.epochs}
     records = read_val_records(cfg.workdir)
-    row["done"] = any(r.get("epoch", 0) >= cfg.epochs for r in records)
+    row["done"] = reached_last_epoch(records, cfg.epochs)
     if records:
         # Resumed runs may repeat a step; the later line wins, and the highest step is the latest state.
         last = max(reversed(records), key=lambda r: r.get("step", 0))

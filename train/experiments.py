@@ -36,7 +36,12 @@ from typing import Any
 from dsnt_jax.models import heatmap_size_for
 from train import config as config_lib
 from train.config import Config
-from train.experiment_report import collect, format_tables, read_val_records
+from train.experiment_report import (
+    collect,
+    format_tables,
+    reached_last_epoch,
+    read_val_records,
+)
 
 PROG = "python -m train.experiments"
 EXPERIMENTS: tuple[str, ...] = ("fig7", "fig11", "table2", "table3")
@@ -183,7 +188,7 @@ def is_done(cfg: Config) -> bool:
         if diffs:
             raise ValueError(f"{cfg.workdir} holds a run with other settings ({'; '.join(diffs)}); its results "
                              f"would not be those of this grid: use another --workdir")
-    return any(r.get("epoch", 0) >= cfg.epochs for r in read_val_records(cfg.workdir))
+    return reached_last_epoch(read_val_records(cfg.workdir), cfg.epochs)
 
 
 def run_grid(runs: Sequence[Run], train_fn: Callable[[Config], int], log: Callable[[str], None] = print

@@ -167,10 +167,6 @@ def train(cfg: config_lib.Config) -> int:
     progress = Progress(total_steps, step, enabled=is_main)
     stop = _Stop(cfg.log_every)
     pending: list[dict[str, jax.Array]] = []
-    # Several simulated CPU devices (--xla_force_host_platform_device_count) with many pmapped steps queued
-    # can deadlock XLA:CPU's all-reduce rendezvous on a small machine (seen on 2 cores: "Termination timeout
-    # for all reduce"); one step in flight at a time never did. Accelerators keep asynchronous dispatch.
-    serialize_steps = n_local > 1 and devices[0].platform == "cpu"
     baseline = data_lib.mean_pose(ds.train_coords)
 
     def validate(epoch: int) -> float:
@@ -193,8 +189,6 @@ def train(cfg: config_lib.Config) -> int:
             rstate, metrics = train_step(rstate, steps_lib.shard(
                 {k: np.asarray(batch[k]) for k in ("image", "coords", "mask")}, n_local))
             del batch
-            if serialize_steps:
-                jax.block_until_ready(metrics)
             step += 1
             pending.append(metrics)
             progress.update(1)

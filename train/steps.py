@@ -49,6 +49,7 @@ def make_train_step(*, output: str, reg: str, sigma: float, reg_coeff: float,
       A function of a replicated TrainState and a batch {'image' [D, b, S, S, 3], 'coords' [D, b, J, 2],
       'mask' [D, b, J]} returning the new state (the input state's buffers are donated) and replicated
       float32 metrics {'loss', 'lr', and 'euclidean'/'reg' or 'mse'}, each averaged like the gradient.
+      Over several CPU devices it returns only once the step has run (see the end of this function).
     """
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -74,7 +75,18 @@ def make_train_step(*, output: str, reg: str, sigma: float, reg_coeff: float,
         new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
         return new_state, metrics
 
-    return jax.pmap(step, axis_name=AXIS, devices=devices, donate_argnums=(0,))
+    pstep = jax.pmap(step, axis_name=AXIS, devices=devices, donate_argnums=(0,))
+    mapped = list(devices) if devices is not None else jax.local_devices()
+    if len(mapped) < 2 or mapped[0].platform != "cpu":
+        return pstep
+
+    # Several simulated CPU devices (--xla_force_host_platform_device_count) with many pmapped steps queued
+    # can deadlock XLA:CPU's all-reduce rendezvous on a small machine (seen on 2 cores: "Termination timeout
+    # for all reduce"); one step in flight at a time never did. Accelerators keep asynchronous dispatch.
+    def serialized_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        return jax.block_until_ready(pstep(state, batch))
+
+    return serialized_step
 
 
 def coords_from_logits(logits: jax.Array, params: Any, *, output: str, activation: str) -> jax.Array:
