@@ -22,8 +22,9 @@ float32 [B, 16], ``normalized_to_image`` float32 [B, 2, 3], ``index`` int32 [B] 
 ``valid`` bool [B].
 
 Determinism and checkpoints: the batches are a function of the arguments other than ``num_workers``,
-``num_threads`` and ``prefetch_batches``, which change speed only: batching happens inside the ``MapDataset`` (before ``mp_prefetch`` slices the work), so each
-worker computes whole batches and grain interleaves them back in order. ``it = iter(loader)`` is a grain
+``num_threads``, ``prefetch_batches`` and ``cache_bytes``, which change speed only: batching happens inside
+the ``MapDataset`` (before ``mp_prefetch`` slices the work), so each worker computes whole batches and grain
+interleaves them back in order. ``it = iter(loader)`` is a grain
 ``DatasetIterator``: ``it.get_state()`` / ``it.set_state(state)`` (or orbax with
 ``grain.checkpoint.CheckpointSave(it)`` / ``CheckpointRestore(it)``) resume at exactly the next batch.
 A state is only valid for a loader built with the same arguments, ``num_workers`` included (a worker
@@ -58,18 +59,34 @@ class RecordSource(Protocol):
 
 
 class _LoadAndAugment(grain.transforms.RandomMap):
-    """Stream element (a source index) -> augmented example with its ``index``."""
+    """Stream element (a source index) -> augmented example with its ``index``.
 
-    def __init__(self, source: RecordSource, out_size: int, mean_rgb: Sequence[float] | None, variant: str):
+    Without augmentation an index always gives the same example, so up to ``cache_bytes`` of them are
+    kept (in each process) and later epochs skip reading, decoding and warping those records.
+    """
+
+    def __init__(self, source: RecordSource, out_size: int, mean_rgb: Sequence[float] | None, variant: str,
+                 cache_bytes: int = 0):
         self._source = source
         self._out_size = out_size
         self._mean_rgb = mean_rgb
         self._variant = variant
+        self._cache: dict[int, dict[str, np.ndarray]] = {}
+        self._cache_room = cache_bytes if variant == "none" else 0
 
     def random_map(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        index = int(index)
+        cached = self._cache.get(index)
+        if cached is not None:
+            return dict(cached)
         params = sample_augmentation(rng, self._variant)
-        example = augment(self._source[int(index)], params, out_size=self._out_size, mean_rgb=self._mean_rgb)
+        example = augment(self._source[index], params, out_size=self._out_size, mean_rgb=self._mean_rgb)
         example["index"] = np.int32(index)
+        size = sum(v.nbytes for v in example.values())
+        if size <= self._cache_room:
+            self._cache[index] = example
+            self._cache_room -= size
+            example = dict(example)
         return example
 
 
@@ -158,6 +175,7 @@ def make_train_loader(
     drop_remainder: bool = True,
     num_threads: int = 1,
     prefetch_batches: int = 2,
+    cache_bytes: int = 0,
 ) -> grain.IterDataset:
     """Builds the training pipeline (see the module docstring for order, sharding and determinism).
 
@@ -175,6 +193,8 @@ def make_train_loader(
       drop_remainder: drop the final partial batch of a finite stream (if False it is yielded smaller).
       num_threads: threads per process computing batches concurrently (grain ``ReadOptions``).
       prefetch_batches: batches buffered per process.
+      cache_bytes: with augment_variant 'none', memory (per process) for examples kept after their first
+        epoch, about 4 S² · 3 bytes each (110 KB at 96 px, 600 KB at 224 px); changes speed only.
 
     Returns:
       A grain ``IterDataset`` of batch dicts: ``image`` float32 [B, S, S, 3], ``coords`` float32 [B, 16, 2],
@@ -195,7 +215,10 @@ def make_train_loader(
     # Distinct seeds for the two random steps, both derived from `seed`.
     shuffle_seed, augment_seed = np.random.SeedSequence(seed).generate_state(2)
     ds = grain.MapDataset.range(num_examples).shuffle(seed=int(shuffle_seed)).repeat(num_epochs)
-    ds = ds.random_map(_LoadAndAugment(source, out_size, mean_rgb, augment_variant), seed=int(augment_seed))
+    if cache_bytes < 0:
+        raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
+    load = _LoadAndAugment(source, out_size, mean_rgb, augment_variant, cache_bytes)
+    ds = ds.random_map(load, seed=int(augment_seed))
     ds = ds[shard_index::shard_count]
     ds = ds.batch(per_host, drop_remainder=drop_remainder)
     return _finish(ds, num_workers, num_threads, prefetch_batches)

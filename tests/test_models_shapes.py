@@ -113,6 +113,35 @@ def test_output_stride_for_any_input_size(size):
             assert expected == res
 
 
+@pytest.mark.parametrize("size", [50, 97, 224])
+def test_upsampling_head_gives_stride_4_heatmaps_at_every_res(size):
+    for res in RES:
+        _, out = _abstract(create_model("resnet18", res=res, upsample=8, **TINY_RESNET), size, batch=1)
+        side = heatmap_size_for("resnet18", res, size, upsample=True)
+        assert side == math.ceil(size / 4) == feature_size(size, 3)
+        assert out["heatmaps"].shape[-2:] == (side, side)
+
+
+def test_upsampling_head_merges_trunk_and_first_stage():
+    model = create_model("resnet18", res=28, num_joints=3, upsample=8, **TINY_RESNET)
+    images = jax.random.uniform(jax.random.key(2), (2, 32, 32, 3))
+    variables = _variables(model, images)
+    assert set(variables["params"]["upsample"]) == {"reduce", "lateral", "conv", "bn1", "bn2"}
+    assert "upsample" not in _variables(create_model("resnet18", res=28, **TINY_RESNET), images)["params"]
+    def coords_sum(params):
+        out, _ = model.apply({**variables, "params": params}, images, train=True, mutable=["batch_stats"])
+        return out["coords"].sum()
+
+    grads = jax.jit(jax.grad(coords_sum))(variables["params"])
+    inner = grads["upsample"]
+    # Both paths into the head carry gradient: the repeated trunk output and the first stage.
+    assert float(jnp.abs(inner["reduce"]["kernel"]).max()) > 0
+    assert float(jnp.abs(inner["lateral"]["kernel"]).max()) > 0
+    assert float(jnp.abs(grads["backbone"]["layer4_0"]["conv2"]["kernel"]).max()) > 0
+    with pytest.raises(ValueError, match="upsample must be 0"):
+        _abstract(create_model("resnet18", res=28, upsample=-1, **TINY_RESNET), 32)
+
+
 # Counted on bearpaw/pytorch-pose HourglassNet(Bottleneck, num_stacks, num_blocks=1, 16 classes).
 BEARPAW_PARAMS = {"hg1": 3_426_448, "hg2": 6_570_400, "hg4": 12_858_304, "hg8": 25_434_112}
 

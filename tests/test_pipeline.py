@@ -111,6 +111,42 @@ def test_no_aug_equals_eval_preprocessing(source):
                 np.testing.assert_array_equal(batch[key][row], expected[key], err_msg=key)
 
 
+class CountingSource(list):
+    """A list source that counts record reads."""
+
+    reads = 0
+
+    def __getitem__(self, index):
+        self.reads += 1
+        return super().__getitem__(index)
+
+
+def test_unaugmented_cache_skips_rereads_and_changes_no_batch(source):
+    plain = [copy_batch(b) for b in train(source, augment_variant="none", num_epochs=3)]
+    example = aug.preprocess_eval(source[0], OUT)
+    example_bytes = sum(v.nbytes for v in example.values()) + np.int32(0).nbytes  # + 'index'
+
+    def reads(cache_bytes: int, variant: str = "none") -> tuple[int, list[dict]]:
+        counting = CountingSource(source)
+        batches = [copy_batch(b) for b in train(counting, augment_variant=variant, num_epochs=3,
+                                                 cache_bytes=cache_bytes)]
+        return counting.reads, batches
+
+    n = len(source)
+    everything, cached = reads(n * example_bytes)
+    assert everything == n
+    assert_batches_equal(cached, plain)
+    # Room for 5 examples: the other n - 5 are read again in each of the two later epochs.
+    some, partly = reads(5 * example_bytes)
+    assert some == n + 2 * (n - 5)
+    assert_batches_equal(partly, plain)
+    assert reads(0)[0] == 3 * n
+    # Augmented examples differ every epoch and are never kept.
+    assert reads(n * example_bytes, "paper_code")[0] == 3 * n
+    with pytest.raises(ValueError, match="cache_bytes must be >= 0"):
+        train(source, cache_bytes=-1)
+
+
 def test_augmented_rows_map_back_to_their_records(source):
     """Each row's coords map back to its record's joints; mirrored rows (det < 0) have swapped slots."""
     flips = 0

@@ -78,6 +78,7 @@ def test_preset_values_and_overrides() -> None:
     (["--model-overrides=[1]"], "--model-overrides must be a JSON object"),
     (["--backbone=hg1", "--pretrained=x.pth"], "--pretrained loads torchvision ResNet weights"),
     (["--backbone=resnet20"], "invalid choice"),
+    (["--cache-mb=-1"], "--cache-mb must be >= 0"),
 ])
 def test_impossible_combinations_fail_with_one_line(argv: list[str], message: str, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
@@ -152,3 +153,33 @@ def test_run_label_marks_a_network_changed_by_model_overrides() -> None:
     assert train_main._run_name(paper) == "resnet50@28 dsnt+js"
     cpu = C.parse_args(["--preset=synthetic-cpu"])
     assert train_main._run_name(cpu) == "resnet18@28 (custom) dsnt+js"
+
+
+def test_flip_test_validation_scores_both_protocols(tmp_path, capsys) -> None:
+    """--flip-test: the table has the plain and the flip row; metrics 'val' is the flip one, and both equal
+    what train.evaluate computes from the saved checkpoint."""
+    import json
+
+    import numpy as np
+
+    import data.synthetic_pose
+    from train import evaluate
+
+    data_dir = str(tmp_path / "tfds")
+    data.synthetic_pose.build(data_dir, num_train=16, num_val=8, canvas_size=48, num_workers=1)
+    tiny = '{"widths": [8, 8, 8, 8], "stem_width": 8, "stage_sizes": [1, 1, 1, 1], "upsample": 8}'
+    cfg = C.resolve({"dataset": "synthetic", "data_dir": data_dir, "synthetic_train": 16, "synthetic_val": 8,
+                     "synthetic_canvas": 48, "backbone": "resnet18", "res": 28, "input_size": 32,
+                     "batch_size": 8, "epochs": 1, "lr": 1e-3, "model_overrides": tiny, "flip_test": True,
+                     "workdir": str(tmp_path / "run")})
+    assert train_main.train(cfg) == 0
+    table = capsys.readouterr().out
+    assert "resnet18@28 (custom) dsnt+js flip" in table and "mean pose (baseline)" in table
+    assert "resnet18@28 (custom) dsnt+js  " in table  # the plain row as well
+    records = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    logged = {r["split"]: r for r in records if r["split"].startswith("val")}
+    assert set(logged) == {"val", "val_no_flip"}
+    for flip, split in ((True, "val"), (False, "val_no_flip")):
+        result, _, _ = evaluate.evaluate_checkpoint(cfg.workdir, flip=flip)
+        summary = result.summary()
+        np.testing.assert_allclose([logged[split][k] for k in ("total", "auc")], [summary["total"], summary["auc"]])

@@ -146,7 +146,7 @@ def train_loader(cfg: Config, source: Any, *, shard_index: int = 0, shard_count:
         source, global_batch_size=cfg.batch_size, out_size=size, mean_rgb=mean,
         augment_variant="paper_code" if cfg.augment else "none", seed=cfg.seed,
         num_workers=cfg.num_workers, shard_index=shard_index, shard_count=shard_count,
-        train_samples=cfg.train_samples)
+        train_samples=cfg.train_samples, cache_bytes=cfg.cache_mb << 20)
 
 
 def eval_loader(cfg: Config, source: Any, *, shard_index: int = 0, shard_count: int = 1) -> Any:

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dsnt_jax.models import heatmap_size_for
 from train.metrics import METRICS_FILE
 
 if TYPE_CHECKING:  # train.experiments imports this module: no import back at run time
@@ -62,7 +61,7 @@ def summarize_run(experiment: str, run: Run) -> dict[str, Any]:
     """One results row (`CSV_COLUMNS`) for `run`: its last and best validation; blanks if none yet."""
     cfg = run.config
     row: dict[str, Any] = {"experiment": experiment, "run": run.name, "series": run.series, "x": run.x,
-                           "res": cfg.res, "heatmap": heatmap_size_for(cfg.backbone, cfg.res, cfg.input_size),
+                           "res": cfg.res, "heatmap": cfg.heatmap_size,
                            "train_samples": cfg.train_samples, "epochs": cfg.epochs}
     records = read_val_records(cfg.workdir)
     row["done"] = reached_last_epoch(records, cfg.epochs)

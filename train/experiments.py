@@ -33,7 +33,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from dsnt_jax.models import heatmap_size_for
 from train import config as config_lib
 from train.config import Config
 from train.experiment_report import (
@@ -146,7 +145,7 @@ def build_experiment(name: str, *, full: bool = False, root: str = "runs/experim
         flags["workdir"] = os.path.join(root, name, run_name)
         cfg = config_lib.resolve(flags)
         if x is None:
-            x = heatmap_size_for(cfg.backbone, cfg.res, cfg.input_size)
+            x = cfg.heatmap_size
         runs.append(Run(run_name, series, x, cfg))
     setting = ("ResNet-34, MPII" if full else
                f"{runs[0].config.backbone} (narrow) @ {runs[0].config.input_size} px, synthetic")

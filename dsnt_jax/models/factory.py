@@ -28,16 +28,19 @@ def input_size_for(backbone: str) -> int:
     return RESNET_INPUT_SIZE if backbone in RESNET_SPECS else HOURGLASS_INPUT_SIZE
 
 
-def heatmap_size_for(backbone: str, res: int | None = None, input_size: int | None = None) -> int:
+def heatmap_size_for(backbone: str, res: int | None = None, input_size: int | None = None,
+                     upsample: bool = False) -> int:
     """Heatmap side of `backbone` at `res` for an `input_size`-px input (default: the paper's).
 
     ResNet: `res` (7/14/28/56) names the side for a 224-px input; other inputs give ⌈S/stride⌉ with
-    stride 32/16/8/4. Hourglass: S/4 (`res` must be None or 64).
+    stride 32/16/8/4, or stride 4 whatever `res` with `upsample` (`ResNetPose.upsample` > 0).
+    Hourglass: S/4 (`res` must be None or 64).
     """
     _check_backbone(backbone)
     size = input_size_for(backbone) if input_size is None else int(input_size)
     if backbone in RESNET_SPECS:
-        return feature_size(size, _dilate_for(res))
+        dilate = _dilate_for(res)  # also validates res
+        return feature_size(size, RES_TO_DILATE[56] if upsample else dilate)
     _check_hg_res(res)
     return size // 4
 

@@ -78,6 +78,15 @@ def feature_size(input_size: int, dilate: int, num_stages: int = 4) -> int:
     return n
 
 
+def _layer_factories(module: Any, train: bool) -> tuple[Any, Any]:
+    """The bias-free, He-initialised conv and the BatchNorm of `module` (a ResNet or ResNetPose)."""
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=module.dtype,
+                             param_dtype=module.param_dtype, kernel_init=resnet_conv_init)
+    norm = functools.partial(BatchNorm, use_running_average=not train, momentum=module.bn_momentum,
+                             axis_name=module.axis_name, dtype=module.dtype, param_dtype=module.param_dtype)
+    return conv, norm
+
+
 class BasicBlock(nn.Module):
     """torchvision BasicBlock: 3×3 → 3×3, identity or 1×1-conv shortcut. Output `features` channels.
 
@@ -164,18 +173,17 @@ class ResNet(nn.Module):
     bn_momentum: float = 0.9
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """[B, S, S, 3] images → [B, s, s, C] features, s = feature_size(S, dilate)."""
+    def __call__(self, x: jax.Array, train: bool = False, return_stages: bool = False) -> Any:
+        """[B, S, S, 3] images → [B, s, s, C] features, s = feature_size(S, dilate).
+
+        With `return_stages`, the list of every stage's output instead (first: stride 4).
+        """
         if self.block not in EXPANSION:
             raise ValueError(f"block must be 'basic' or 'bottleneck', got {self.block!r}")
         if len(self.widths) != len(self.stage_sizes):
             raise ValueError(f"widths {tuple(self.widths)} and stage_sizes "
                              f"{tuple(self.stage_sizes)} must have the same length")
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                                 param_dtype=self.param_dtype, kernel_init=resnet_conv_init)
-        norm = functools.partial(BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-                                 axis_name=self.axis_name, dtype=self.dtype,
-                                 param_dtype=self.param_dtype)
+        conv, norm = _layer_factories(self, train)
         block_cls = BasicBlock if self.block == "basic" else Bottleneck
         expansion = EXPANSION[self.block]
 
@@ -185,6 +193,7 @@ class ResNet(nn.Module):
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         in_features = self.stem_width
         plan = stage_plan(len(self.stage_sizes), self.dilate)
+        stages = []
         for s, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
             stride, dilation = plan[s]
             # The shortcut conv exists iff torchvision builds one (original stride 2 or a channel
@@ -199,7 +208,36 @@ class ResNet(nn.Module):
                     downsample=b == 0 and (original_stride != 1 or in_features != width * expansion),
                     conv=conv, norm=norm, name=f"layer{s + 1}_{b}")(x)
                 in_features = width * expansion
-        return x
+            stages.append(x)
+        return stages if return_stages else x
+
+
+class UpsamplingHead(nn.Module):
+    """Brings the trunk output back to the first stage's stride-4 grid (one FPN-style top-down step).
+
+    Not in the paper, whose ResNets reach finer heatmaps only by dilating more stages; that costs the
+    square of the heatmap side in every dilated stage, while this head works at stride 4 with
+    `features` channels only. The trunk output [B, h, w, C] goes through a 1×1 conv to `features`
+    channels and is repeated `factor`× along both axes; a 1×1 projection of the first stage's output
+    [B, H, W, C1] is added; then BN-ReLU, a 3×3 conv, BN-ReLU. Output: [B, H, W, features].
+    """
+
+    features: int
+    factor: int
+    conv: Any
+    norm: Any
+
+    @nn.compact
+    def __call__(self, top: jax.Array, lateral: jax.Array) -> jax.Array:
+        y = self.conv(self.features, (1, 1), name="reduce")(top)
+        if self.factor > 1:
+            y = jnp.repeat(jnp.repeat(y, self.factor, axis=1), self.factor, axis=2)
+        # ⌈n/2⌉ rounding in the strided layers can leave one row/column more than the first stage has.
+        y = y[:, :lateral.shape[1], :lateral.shape[2]]
+        y = y + self.conv(self.features, (1, 1), name="lateral")(lateral)
+        y = nn.relu(self.norm(name="bn1")(y))
+        y = self.conv(self.features, (3, 3), padding=torch_padding(3), name="conv")(y)
+        return nn.relu(self.norm(name="bn2")(y))
 
 
 class ResNetPose(nn.Module):
@@ -212,6 +250,8 @@ class ResNetPose(nn.Module):
       output: 'dsnt', 'fc' or 'hm' (`dsnt_jax.models.heads`).
       activation: heatmap activation for dsnt/fc.
       dtype, param_dtype, axis_name, bn_momentum: as `ResNet`. The head's outputs are float32.
+      upsample: 0 (the paper): the 1×1 heatmap conv reads the trunk output. Otherwise the channels of an
+        `UpsamplingHead` in between, which gives heatmaps at stride 4 (side ⌈S/4⌉) whatever `dilate`.
 
     Input: [B, S, S, 3] RGB in [0, 1] (the paper feeds ImageNet-pretrained weights unnormalised
     images). Output: {'coords': [B, J, 2], 'heatmaps': [B, J, h, w], 'logits': [B, J, h, w]}.
@@ -229,6 +269,7 @@ class ResNetPose(nn.Module):
     param_dtype: Dtype = jnp.float32
     axis_name: str | None = None
     bn_momentum: float = 0.9
+    upsample: int = 0
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, jax.Array]:
@@ -236,10 +277,17 @@ class ResNetPose(nn.Module):
         check_output(self.output, self.activation)
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be NHWC [B, S, S, 3], got shape {images.shape}")
-        feats = ResNet(stage_sizes=self.stage_sizes, block=self.block, dilate=self.dilate,
-                       widths=self.widths, stem_width=self.stem_width, dtype=self.dtype,
-                       param_dtype=self.param_dtype, axis_name=self.axis_name,
-                       bn_momentum=self.bn_momentum, name="backbone")(images, train)
+        if self.upsample < 0:
+            raise ValueError(f"upsample must be 0 (off) or a channel count > 0, got {self.upsample}")
+        stages = ResNet(stage_sizes=self.stage_sizes, block=self.block, dilate=self.dilate,
+                        widths=self.widths, stem_width=self.stem_width, dtype=self.dtype,
+                        param_dtype=self.param_dtype, axis_name=self.axis_name,
+                        bn_momentum=self.bn_momentum, name="backbone")(images, train, return_stages=True)
+        feats = stages[-1]
+        if self.upsample:
+            conv, norm = _layer_factories(self, train)
+            factor = output_stride(self.dilate, len(self.stage_sizes)) // 4
+            feats = UpsamplingHead(self.upsample, factor, conv, norm, name="upsample")(feats, stages[0])
         # The reference leaves hm_conv at PyTorch's default Conv2d init.
         logits = nn.Conv(self.num_joints, (1, 1), use_bias=False, dtype=self.dtype,
                          param_dtype=self.param_dtype, kernel_init=torch_default_kernel_init,
