@@ -204,6 +204,8 @@ def make_train_loader(
                              prefetch_batches)
     if augment_variant not in VARIANTS:
         raise ValueError(f"unknown augment_variant {augment_variant!r}; choose one of {VARIANTS}")
+    if cache_bytes < 0:
+        raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
     if num_epochs is not None and not (isinstance(num_epochs, (int, np.integer)) and num_epochs >= 1):
         raise ValueError(f"num_epochs must be a positive int or None (forever), got {num_epochs!r}")
     num_examples = len(source)
@@ -215,8 +217,6 @@ def make_train_loader(
     # Distinct seeds for the two random steps, both derived from `seed`.
     shuffle_seed, augment_seed = np.random.SeedSequence(seed).generate_state(2)
     ds = grain.MapDataset.range(num_examples).shuffle(seed=int(shuffle_seed)).repeat(num_epochs)
-    if cache_bytes < 0:
-        raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
     load = _LoadAndAugment(source, out_size, mean_rgb, augment_variant, cache_bytes)
     ds = ds.random_map(load, seed=int(augment_seed))
     ds = ds[shard_index::shard_count]
