@@ -2,8 +2,9 @@
 
 Only the first host writes files (`enabled=False` elsewhere). Records look like
 {"step": 1200, "epoch": 3, "split": "train", "loss": 0.41, "lr": 0.00025, "images_per_s": 180.2} and
-{"step": 1200, "epoch": 3, "split": "val", "total": 71.3, "head": ..., "auc": ...}; TensorBoard gets the
-same numbers under "train/<key>" and "val/<key>".
+{"step": 1200, "epoch": 3, "split": "val", "total": 71.3, "head": ..., "auc": ...} (with the flip test, "val"
+holds the flip-test scores and "val_no_flip" the plain ones); TensorBoard gets the same numbers under
+"<split>/<key>".
 """
 
 from __future__ import annotations
