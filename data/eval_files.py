@@ -23,12 +23,18 @@ Prediction files:
   ``tompson.h5``, written from MATLAB); the layout is told from the shape (a [2, 16, 2] array is read
   as [N, 16, 2]).
 * ``.mat`` with ``pos_pred_src`` [16, 2, N] (toolkit layout) or ``preds`` (as for ``.h5``).
+
+Predictions must be real numbers (integer or float arrays; not text, cells, structs, booleans or
+complex) and finite: a NaN or infinite coordinate is an error naming the person and joint, since the
+toolkit would silently count it as a miss. Every problem with a file (missing, corrupt, wrong variables,
+types or shapes) is a FileNotFoundError or ValueError whose message names the file and what was expected.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -60,6 +66,8 @@ class Annotations:
 
 
 def _check_exists(path: Path) -> None:
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a file")
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
 
@@ -70,8 +78,11 @@ def _read_mat(path: Path) -> dict[str, np.ndarray]:
         contents = scipy.io.loadmat(path)
     except NotImplementedError as err:  # scipy's answer to MATLAB v7.3 (HDF5) files
         raise ValueError(f"{path}: MATLAB v7.3 files are not supported; save it with '-v7' ({err})") from None
-    except (ValueError, OSError, TypeError) as err:
-        raise ValueError(f"{path}: not a readable MATLAB .mat file ({err})") from None
+    except MemoryError:
+        raise
+    except Exception as err:  # a damaged file makes scipy raise MatReadError, IndexError, OSError, zlib.error...
+        raise ValueError(f"{path}: not a readable MATLAB .mat file ({type(err).__name__}: {err}); "
+                         "is it complete?") from None
     return {key: value for key, value in contents.items() if not key.startswith("__")}
 
 
@@ -83,9 +94,41 @@ def _read_h5(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
             missing = [key for key in keys if key not in f]
             if missing:
                 raise ValueError(f"{path}: missing dataset(s) {missing}; found {found}")
+            groups = [key for key in keys if not isinstance(f[key], h5py.Dataset)]
+            if groups:
+                raise ValueError(f"{path}: {groups} must be datasets (arrays), found HDF5 groups")
             return {key: np.asarray(f[key][()]) for key in keys}
     except OSError as err:
         raise ValueError(f"{path}: not a readable HDF5 file ({err})") from None
+
+
+def _numbers(value: Any, path: Path, name: str, expected: str) -> np.ndarray:
+    """`value` as float64 if it is an integer or float array; else ValueError naming what it holds.
+
+    Args:
+      expected: the layout wanted, for the message (e.g. '[N, 16, 2]').
+    """
+    value = np.asarray(value)
+    kind = value.dtype.kind
+    if kind in "iuf":
+        return value.astype(np.float64)
+    held = {"U": "text", "S": "text", "O": "text or nested arrays (a MATLAB cell)", "V": "records (a compound type "
+            "or MATLAB struct)", "b": "booleans", "c": "complex numbers"}.get(kind, f"dtype {value.dtype}")
+    raise ValueError(f"{path}: {name} holds {held} (dtype {value.dtype}, shape {value.shape}); expected a "
+                     f"numeric array {expected}")
+
+
+def _check_finite(preds: np.ndarray, path: Path, name: str) -> np.ndarray:
+    """`preds` [N, 16, 2] unchanged if every coordinate is finite and N > 0; else ValueError."""
+    if preds.shape[0] == 0:
+        raise ValueError(f"{path}: {name} holds no persons (shape {preds.shape})")
+    bad = ~np.isfinite(preds).all(axis=-1)
+    if bad.any():
+        person, joint = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{path}: {name} has {int(bad.sum())} NaN or infinite joint(s), the first at person "
+                         f"{person} (0-based), joint {joints.JOINT_NAMES[joint]}; every joint of every person "
+                         "needs finite (x, y) (the toolkit would count such joints as misses)")
+    return preds
 
 
 def _require(contents: dict[str, np.ndarray], keys: tuple[str, ...], path: Path) -> None:
@@ -117,9 +160,9 @@ def load_annotations_mat(path: str | Path) -> Annotations:
     contents = _read_mat(path)
     _require(contents, ("pos_gt_src", "jnt_missing", "headboxes_src"), path)
     _check_joint_names(contents, path)
-    gt = np.asarray(contents["pos_gt_src"], dtype=np.float64)
-    missing = np.asarray(contents["jnt_missing"])
-    boxes = np.asarray(contents["headboxes_src"], dtype=np.float64)
+    gt = _numbers(contents["pos_gt_src"], path, "pos_gt_src", "[16, 2, N]")
+    missing = _numbers(contents["jnt_missing"], path, "jnt_missing", "[16, N] of 0/1")
+    boxes = _numbers(contents["headboxes_src"], path, "headboxes_src", "[2, 2, N]")
     if gt.ndim != 3 or gt.shape[:2] != (joints.NUM_JOINTS, 2):
         raise ValueError(f"{path}: pos_gt_src must be [16, 2, N], got {gt.shape}")
     n = gt.shape[2]
@@ -148,8 +191,8 @@ def load_annotations_h5(path: str | Path) -> Annotations:
     """
     path = Path(path)
     contents = _read_h5(path, ("part", "normalize"))
-    part = np.asarray(contents["part"], dtype=np.float64)
-    head_sizes = np.asarray(contents["normalize"], dtype=np.float64)
+    part = _numbers(contents["part"], path, "part", "[N, 16, 2]")
+    head_sizes = _numbers(contents["normalize"], path, "normalize", "[N]")
     if part.ndim != 3 or part.shape[1:] != (joints.NUM_JOINTS, 2):
         raise ValueError(f"{path}: part must be [N, 16, 2], got {part.shape}")
     if head_sizes.shape != part.shape[:1]:
@@ -171,14 +214,29 @@ def load_annotations(path: str | Path) -> Annotations:
     raise ValueError(f"{path}: unknown annotation file type {suffix!r}; expected .mat or .h5")
 
 
-def _orient_preds(preds: np.ndarray, what: str) -> np.ndarray:
-    preds = np.asarray(preds, dtype=np.float64)
+def _orient_preds(preds: Any, path: Path, name: str) -> np.ndarray:
+    """'preds' [N, 16, 2] or [2, 16, N] → float64 [N, 16, 2]."""
+    preds = _numbers(preds, path, name, "[N, 16, 2] or [2, 16, N]")
     if preds.ndim == 3 and preds.shape[1] == joints.NUM_JOINTS:
         if preds.shape[2] == 2:
             return preds
         if preds.shape[0] == 2:
             return preds.transpose(2, 1, 0).copy()
-    raise ValueError(f"{what} must be [N, 16, 2] or [2, 16, N], got {preds.shape}")
+    raise ValueError(f"{path}: {name} must be [N, 16, 2] or [2, 16, N], got {preds.shape}")
+
+
+def _load_mat_predictions(path: Path) -> np.ndarray:
+    contents = _read_mat(path)
+    if "pos_pred_src" in contents:
+        preds = _numbers(contents["pos_pred_src"], path, "pos_pred_src", "[16, 2, N]")
+        if preds.ndim != 3 or preds.shape[:2] != (joints.NUM_JOINTS, 2):
+            raise ValueError(f"{path}: pos_pred_src must be [16, 2, N], got {preds.shape}")
+        return _check_finite(preds.transpose(2, 0, 1).copy(), path, "pos_pred_src")
+    if "preds" in contents:
+        return _check_finite(_orient_preds(contents["preds"], path, "preds"), path, "preds")
+    empty = "" if contents else " (the file holds no variables)"
+    raise ValueError(f"{path}: no 'pos_pred_src' or 'preds' variable; found {sorted(contents)}{empty}; expected "
+                     "'pos_pred_src' [16, 2, N] or 'preds' [N, 16, 2] / [2, 16, N]")
 
 
 def load_predictions(path: str | Path) -> np.ndarray:
@@ -188,20 +246,16 @@ def load_predictions(path: str | Path) -> np.ndarray:
       path: prediction file; see the module docstring for the layouts.
 
     Returns:
-      float64 [N, 16, 2], (x, y) in the 1-based image frame, as stored.
+      float64 [N, 16, 2], (x, y) in the 1-based image frame, as stored; N > 0, all finite.
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: an unreadable file, or one without the variables, types, shapes or finite values above.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".h5", ".hdf5"):
-        return _orient_preds(_read_h5(path, ("preds",))["preds"], f"{path}: preds")
+        return _check_finite(_orient_preds(_read_h5(path, ("preds",))["preds"], path, "preds"), path, "preds")
     if suffix == ".mat":
-        contents = _read_mat(path)
-        if "pos_pred_src" in contents:
-            preds = np.asarray(contents["pos_pred_src"], dtype=np.float64)
-            if preds.ndim != 3 or preds.shape[:2] != (joints.NUM_JOINTS, 2):
-                raise ValueError(f"{path}: pos_pred_src must be [16, 2, N], got {preds.shape}")
-            return preds.transpose(2, 0, 1).copy()
-        if "preds" in contents:
-            return _orient_preds(contents["preds"], f"{path}: preds")
-        raise ValueError(f"{path}: no 'pos_pred_src' or 'preds' variable; found {sorted(contents)}")
+        return _load_mat_predictions(path)
     raise ValueError(f"{path}: unknown prediction file type {suffix!r}; expected .h5 or .mat")

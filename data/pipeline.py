@@ -46,6 +46,7 @@ import grain
 import numpy as np
 from absl import flags
 
+from data import build_guard
 from data.augment import VARIANTS, augment, preprocess_eval, sample_augmentation
 from data.joints import NUM_JOINTS
 
@@ -132,6 +133,8 @@ def _check_common(source: Any, global_batch_size: int, shard_index: int, shard_c
         raise ValueError(f"source must be random access (__len__ and __getitem__), got {type(source).__name__}")
     if len(source) == 0:
         raise ValueError("source is empty; check the dataset name, split and data_dir")
+    # A truncated record file fails here with a clear message, not with a bare RuntimeError in the first read.
+    build_guard.check_source_files(source)
     if not (isinstance(shard_count, (int, np.integer)) and shard_count >= 1 and 0 <= shard_index < shard_count):
         raise ValueError(f"need shard_count >= 1 and 0 <= shard_index < shard_count, got shard_index={shard_index}, "
                          f"shard_count={shard_count}")

@@ -7,13 +7,19 @@ Usage::
 
 The data directory defaults to ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``. Read the result back with
 ``tfds.data_source(...)`` or ``builder.as_data_source()``; a dataset already built there is reused.
+
+Ctrl-C or SIGTERM stops a build with one line on stderr (exit status 130 / 143); tfds deletes the unfinished
+folder. After a SIGKILL the unfinished ``incomplete.*`` folder stays until the same command runs again, which
+removes it before building (``data/build_guard.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -93,9 +99,27 @@ def summary(builder: Any, skipped: dict[str, dict[str, int]]) -> str:
     return "\n".join(lines)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that tfds deletes its unfinished folder on the way out."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    del frame
+    raise Terminated(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m data.prepare``.
+
+    Returns:
+      The exit status: 0 built (or reused), 2 bad input, 130 Ctrl-C, 143 SIGTERM, 1 a worker process died.
+    """
+    from concurrent.futures.process import BrokenProcessPool
+
     args = _parser().parse_args(argv)
     data_dir = str(Path(args.data_dir).expanduser()) if args.data_dir else default_data_dir()
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signal.signal needs it
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         if args.dataset == "mpii":
             builder, skipped = _prepare_mpii(args, data_dir)
@@ -104,6 +128,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, BrokenProcessPool) as e:
+        # One line, no traceback: the build stopped, nothing half-written is left to be mistaken for a dataset.
+        how = ("a worker process died" if isinstance(e, BrokenProcessPool)
+               else "terminated" if isinstance(e, Terminated) else "interrupted")
+        print(f"{args.dataset} build {how}; nothing was kept in {data_dir}. Run the same command again to "
+              "build it.", file=sys.stderr)
+        return 1 if isinstance(e, BrokenProcessPool) else 143 if isinstance(e, Terminated) else 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     print(summary(builder, skipped))
     return 0
 

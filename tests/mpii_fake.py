@@ -8,6 +8,10 @@ point field orders, ``annorect = []``, a person whose annopoints/scale/objpos ar
 
 Images are small JPEGs: a uniform dark background with one bright square dot centred on one joint (``dot``), so
 that tests can find the joint in a rendered canvas. Images with ``size=None`` get no file (missing images).
+
+``write_fake_release`` writes that small release (its validation persons must be injected: ``DEFAULT_VALIDATION``);
+``write_complete_release`` writes a release-sized annolist that the shipped validation list fits, so that
+``python -m data.prepare mpii --manual-dir DIR`` builds it with default flags (a few images only).
 """
 
 from __future__ import annotations
@@ -194,33 +198,38 @@ def _annorect(image: FakeImage) -> np.ndarray:
     return _structs(recs)
 
 
-def release_mat_bytes(images: list[FakeImage]) -> bytes:
-    """The .mat file (MAT v5, compressed) of a fake release."""
+def release_mat_bytes(images: list[FakeImage], *, lean: bool = False) -> bytes:
+    """The .mat file (MAT v5, compressed) of a fake release.
+
+    ``lean`` keeps only what the parser reads (annolist image/annorect, img_train): about 3x faster to write for a
+    release-sized annolist (scipy writes every MATLAB element from Python).
+    """
     annolist = _structs([
+        {"image": _structs([{"name": im.name}], (1, 1)), "annorect": _annorect(im)} if lean else
         {"image": _structs([{"name": im.name}], (1, 1)),
          "annorect": _annorect(im),
          "frame_sec": _num(11) if k % 2 else _empty(),
          "vididx": _num(1660) if k % 2 else _empty()}
         for k, im in enumerate(images)])
+    fields = {"annolist": annolist, "img_train": np.array([[float(im.train) for im in images]])}
+    if not lean:
+        fields.update(version="12", single_person=_single_person(images), act=_act(len(images)),
+                      video_list=np.array([["aAOusnrSsHI", "j4XQ7ggEaWg"]], dtype=object))
+    buf = io.BytesIO()
+    scipy.io.savemat(buf, {"RELEASE": _structs([fields], (1, 1))}, do_compression=True, oned_as="row")
+    return buf.getvalue()
+
+
+def _single_person(images: list[FakeImage]) -> np.ndarray:
     single = np.empty((len(images), 1), dtype=object)
     for k, im in enumerate(images):
         single[k, 0] = np.array([[i] for i in im.single_person], np.uint8) if im.single_person else _empty()
-    act = _structs([{"cat_name": "sports" if k % 2 else _empty(), "act_name": "curling" if k % 2 else _empty(),
-                     "act_id": _num(1) if k % 2 else _num(-1)} for k in range(len(images))],
-                   (len(images), 1))
-    videos = np.empty((1, 2), dtype=object)
-    videos[0, 0], videos[0, 1] = "aAOusnrSsHI", "j4XQ7ggEaWg"
-    release = _structs([{
-        "annolist": annolist,
-        "img_train": np.array([[float(im.train) for im in images]]),
-        "version": "12",
-        "single_person": single,
-        "act": act,
-        "video_list": videos,
-    }], (1, 1))
-    buf = io.BytesIO()
-    scipy.io.savemat(buf, {"RELEASE": release}, do_compression=True, oned_as="row")
-    return buf.getvalue()
+    return single
+
+
+def _act(n: int) -> np.ndarray:
+    return _structs([{"cat_name": "sports" if k % 2 else _empty(), "act_name": "curling" if k % 2 else _empty(),
+                      "act_id": _num(1) if k % 2 else _num(-1)} for k in range(n)], (n, 1))
 
 
 def image_array(image: FakeImage) -> np.ndarray:
@@ -246,15 +255,17 @@ def dot_position(image: FakeImage) -> tuple[float, float]:
 
 
 def write_fake_release(manual_dir: Path, images: list[FakeImage] | None = None, *,
-                       zip_mat: bool = False, tar_images: bool = False) -> list[FakeImage]:
+                       zip_mat: bool = False, tar_images: bool = False, lean: bool = False) -> list[FakeImage]:
     """Writes the release .mat (or its zip) and the JPEGs (``images/`` or the tarball) into ``manual_dir``.
+
+    ``lean``: see ``release_mat_bytes``.
 
     Returns:
       The FakeImage list written (annolist order).
     """
     images = default_images() if images is None else images
     manual_dir.mkdir(parents=True, exist_ok=True)
-    mat = release_mat_bytes(images)
+    mat = release_mat_bytes(images, lean=lean)
     if zip_mat:
         with zipfile.ZipFile(manual_dir / ZIP_NAME, "w") as zf:
             zf.writestr("mpii_human_pose_v1_u12_2/README.md", "fake")
@@ -279,3 +290,69 @@ def write_fake_release(manual_dir: Path, images: list[FakeImage] | None = None, 
         for name, data in jpegs.items():
             (manual_dir / "images" / name).write_bytes(data)
     return images
+
+
+# A complete release: the annolist length of the real one, so that the shipped Tompson validation list fits it and
+# `python -m data.prepare mpii --manual-dir DIR` builds it with default flags.
+RELEASE_ANNOLIST_LENGTH = 24987
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeRelease:
+    """What ``write_complete_release`` wrote.
+
+    Attributes:
+      manual_dir: the folder to pass as ``--manual-dir``.
+      images: the annolist (FakeImage per entry, annolist order; most entries have no person and no file).
+      expected: examples per split after a build ({"train": n, "validation": n, "test": n}): the persons whose
+        image file exists (every other validation person is counted as a missing image).
+    """
+
+    manual_dir: Path
+    images: list[FakeImage]
+    expected: dict[str, int]
+
+
+def write_complete_release(manual_dir: Path, *, num_train: int = 4, num_val: int = 2, num_test: int = 1,
+                           zip_mat: bool = True, tar_images: bool = True) -> FakeRelease:
+    """Writes a fake release that the default build accepts (the shipped 2958-person validation list fits it).
+
+    Only ``num_train + num_val + num_test`` images get a file (160 x 120 JPEGs, one person each, a bright dot on
+    the thorax): ``num_train`` training persons, ``num_val`` validation persons (the first validation images
+    holding a single validation person) and ``num_test`` test persons. The other 2958 - num_val validation persons
+    exist in the annotations (one joint each) but their images are missing, so the build skips and counts them.
+
+    Args:
+      manual_dir: created if needed.
+      num_train, num_val, num_test: persons per split with an image file (num_val <= 1000).
+      zip_mat, tar_images: write the zip and the tarball as downloaded (True) or the extracted .mat / images/.
+
+    Returns:
+      FakeRelease (``expected`` = {"train": num_train, "validation": num_val, "test": num_test}).
+    """
+    from data.mpii import split  # the shipped list, read the way the builder reads it
+
+    by_image: dict[int, list[int]] = {}
+    for i, p in split.load_validation_persons():
+        by_image.setdefault(i, []).append(p)
+    images = [FakeImage(f"{i:09d}.jpg", False, None, size=None) for i in range(RELEASE_ANNOLIST_LENGTH)]
+    with_file = [i for i, persons in by_image.items() if persons == [0]][:num_val]
+    for i, persons in by_image.items():
+        images[i] = FakeImage(images[i].name, True, [_stub_val_person(p) if p in persons else FakePerson(None, None)
+                                                      for p in range(max(persons) + 1)], size=None)
+    for i in with_file:
+        images[i] = FakeImage(images[i].name, True, [_full_person(80, 60, 0.4)], dot=(0, 7))
+    free = iter(i for i in range(RELEASE_ANNOLIST_LENGTH) if i not in by_image)
+    for k in range(num_train):
+        i = next(free)
+        images[i] = FakeImage(images[i].name, True, [_full_person(70 + 3 * k, 62, 0.35 + 0.02 * k)], dot=(0, 7))
+    for _ in range(num_test):
+        i = next(free)
+        images[i] = FakeImage(images[i].name, False, [FakePerson((80, 60), 0.4)])
+    write_fake_release(manual_dir, images, zip_mat=zip_mat, tar_images=tar_images, lean=True)
+    return FakeRelease(manual_dir, images, {"train": num_train, "validation": num_val, "test": num_test})
+
+
+def _stub_val_person(p: int) -> FakePerson:
+    """A validation person whose image is missing: objpos, scale, head box and a single joint (a small .mat)."""
+    return FakePerson((100 + p, 100), 1.0, head=(90, 40, 110, 60), points=[(7, 100 + p, 80, True)])

@@ -68,6 +68,17 @@ def test_decode_paper_vectors():
     np.testing.assert_allclose(hm_decode(border), [[[0.5, -0.5]]], atol=1e-7)
 
 
+def test_decode_of_a_non_finite_map_is_nan():
+    # Before: `max > 0` is false for NaN, so a NaN map decoded to a confident corner and evaluation scored it.
+    maps = np.zeros((3, 4, 4), np.float32)
+    maps[:, 1, 2] = 1.0
+    maps[0, 0, 0] = np.nan
+    maps[1, 3, 3] = np.inf
+    coords = np.asarray(hm_decode(maps))
+    assert np.isnan(coords[:2]).all()
+    np.testing.assert_allclose(coords[2], [0.25, -0.25], atol=1e-7)  # pixel (2, 1) of 4 × 4
+
+
 def test_encode_paper_vector():
     target = np.asarray(hm_encode(jnp.array([[[-0.8, 0.8]]]), (5, 5)))[0, 0]
     assert target.shape == (5, 5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -240,3 +241,34 @@ def test_cli_synthetic_calls_build(tmp_path, capsys, monkeypatch):
     assert calls == [(str(tmp_path / "env"), 7, 3, 5, None), (str(tmp_path / "d"), None, None, 0, 192)]
     out = capsys.readouterr().out
     assert "train" in out and f"{tmp_path / 'env'}/sp" in out
+
+
+def test_default_config_object_is_the_registered_config(tmp_path):
+    # tfds refuses a config object named like a registered one; the builder must open the registered config.
+    by_object = mpii_builder.MpiiHumanPose(config=mpii_builder.mpii_config(), data_dir=str(tmp_path))
+    by_default = mpii_builder.MpiiHumanPose(data_dir=str(tmp_path))
+    assert by_object.builder_config is by_default.builder_config
+    assert by_object.data_path == by_default.data_path == tmp_path / "mpii_human_pose" / "canvas576" / "1.0.0"
+
+
+def test_readme_command_builds_with_default_flags_and_reads_back(tmp_path):
+    # README: `python -m data.prepare mpii --manual-dir ~/mpii [--data-dir ~/tensorflow_datasets]`, default canvas.
+    release = mpii_fake.write_complete_release(tmp_path / "mpii", num_train=3, num_val=2, num_test=1)
+    data_dir = tmp_path / "tensorflow_datasets"
+    cmd = [sys.executable, "-m", "data.prepare", "mpii", "--manual-dir", str(release.manual_dir),
+           "--data-dir", str(data_dir)]
+    done = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"written to {data_dir / 'mpii_human_pose' / 'canvas576' / '1.0.0'}" in done.stdout
+
+    # Read back the way training and evaluation open MPII (train/data.py), and by name through tfds.
+    from train import config as config_lib
+    from train import data as train_data
+
+    opened = train_data.open_datasets(config_lib.Config(dataset="mpii", data_dir=str(data_dir)), log=lambda _: None)
+    assert opened.name == "mpii_human_pose/canvas576"
+    assert (len(opened.train), len(opened.val)) == (release.expected["train"], release.expected["validation"])
+    assert opened.val[0]["image"].shape == (576, 576, 3)
+    sources = tfds.data_source("mpii_human_pose", data_dir=str(data_dir))
+    assert {name: len(ds) for name, ds in sources.items()} == release.expected

@@ -176,6 +176,284 @@ class NoNaNTest(parameterized.TestCase):
         self.assertTrue(_finite(jax.grad(lambda v: ops.dsnt(ops.heatmap_activation(v, "relu")).sum())(x)))
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Non-finite inputs (issue #11): NaN and ±inf reach the values and gradients they affect, and only those.
+
+_NONFINITE = (("nan", np.nan), ("inf", np.inf), ("minus_inf", -np.inf))
+_NAN_AND_INF = (("nan", np.nan), ("inf", np.inf))
+
+
+def _is_bad(x) -> bool:
+    """True when every element of ``x`` is NaN or ±inf."""
+    return bool(np.all(~np.isfinite(np.asarray(x, np.float64))))
+
+
+def _others_unchanged(actual, clean, point):
+    """Every point but ``point`` (an index into the leading [B, L] axes) equals the clean result."""
+    keep = np.ones(np.shape(actual)[:2], bool)
+    keep[point] = False
+    np.testing.assert_allclose(np.asarray(actual)[keep], np.asarray(clean)[keep], rtol=1e-6, atol=1e-7)
+
+
+class NonFiniteTest(parameterized.TestCase):
+    """NaN and ±inf inputs propagate through every op, values and gradients, so a training loop sees them."""
+
+    def setUp(self):
+        super().setUp()
+        rng = np.random.default_rng(21)
+        self.logits = jnp.asarray(rng.normal(size=(2, 3, 5, 6)), jnp.float32)
+        self.heatmaps = ops.flat_softmax(self.logits)
+        self.coords = jnp.asarray(rng.uniform(-0.8, 0.8, size=(2, 3, 2)), jnp.float32)
+        self.target = jnp.asarray(rng.uniform(-0.8, 0.8, size=(2, 3, 2)), jnp.float32)
+        self.mask = jnp.array([[1.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+        self.point, self.cell = (1, 2), (1, 2, 3, 4)  # an unmasked joint and one of its heatmap cells
+
+    @parameterized.named_parameters(*_NONFINITE)
+    def test_coordinate_losses(self, bad):
+        expected = {ops.euclidean_losses: abs(bad), ops.l1_losses: abs(bad), ops.mse_losses: abs(bad)}
+        for fn, value in expected.items():
+            clean = fn(self.coords, self.target)
+            for argnum in (0, 1):
+                args = [self.coords, self.target]
+                args[argnum] = args[argnum].at[self.point + (0,)].set(bad)
+                losses = fn(*args)
+                np.testing.assert_array_equal(losses[self.point], value, err_msg=f"{fn.__name__} arg {argnum}")
+                _others_unchanged(losses, clean, self.point)
+                # Masked average over a mask that keeps the point: NaN stays NaN, inf stays inf.
+                np.testing.assert_array_equal(ops.average_loss(losses, self.mask), value)
+                grad = jax.grad(lambda *a: fn(*a).sum(), argnums=argnum)(*args)
+                if fn is ops.l1_losses and not np.isnan(bad):
+                    np.testing.assert_array_equal(np.abs(grad[self.point]), 0.5)  # |x| at ±inf has slope ±1
+                else:
+                    self.assertTrue(_is_bad(grad[self.point][0]), f"{fn.__name__} gradient {grad[self.point]}")
+                clean_grad = jax.grad(lambda *a: fn(*a).sum(), argnums=argnum)(self.coords, self.target)
+                _others_unchanged(grad, clean_grad, self.point)
+
+    def test_zero_distance_still_has_zero_gradient(self):
+        # The guard for sqrt at 0 keys on distance == 0 exactly; it must not also catch NaN (NaN > 0 is false).
+        for fn in (ops.euclidean_losses, ops.l1_losses, ops.mse_losses):
+            grad = jax.jit(jax.grad(lambda a: fn(a, self.target).sum()))(self.target)
+            np.testing.assert_array_equal(grad, 0.0)
+
+    @parameterized.named_parameters(*_NONFINITE)
+    def test_average_loss_excludes_masked_points_only(self, bad):
+        losses = jnp.arange(1.0, 7.0).reshape(2, 3).at[0, 1].set(bad)  # [0, 1] is masked out
+        value, (g_losses, g_mask) = jax.value_and_grad(ops.average_loss, argnums=(0, 1))(losses, self.mask)
+        self.assertAlmostEqual(float(value), (1 + 3 + 4 + 5 + 6) / 5, places=6)
+        self.assertEqual(float(g_losses[0, 1]), 0.0)
+        self.assertTrue(_finite((g_losses, g_mask)))
+        # The same value in an unmasked point, or without a mask, propagates.
+        np.testing.assert_array_equal(ops.average_loss(losses, jnp.ones((2, 3))), bad)
+        np.testing.assert_array_equal(ops.average_loss(losses), bad)
+        # A non-finite mask entry is not a mask of 0: it poisons the average too.
+        self.assertFalse(_finite(ops.average_loss(jnp.ones((2, 3)), self.mask.at[1, 1].set(bad))))
+
+    @parameterized.named_parameters(*_NAN_AND_INF)
+    def test_activations(self, bad):
+        x = self.logits.at[self.cell].set(bad)
+        weights = jnp.asarray(np.random.default_rng(4).normal(size=x.shape[-2:]), jnp.float32)
+        # +inf saturates sigmoid to 1 (a finite map); every other kind puts NaN in the map (inf/inf, inf − inf):
+        # softmax in every cell, abs and relu in the infinite cell (the others are finite/inf = 0).
+        nan_maps = {"softmax": True, "abs": True, "relu": True, "sigmoid": np.isnan(bad)}
+        for kind, nan_map in nan_maps.items():
+            fn = functools.partial(ops.heatmap_activation, kind=kind)
+            h, clean = fn(x), fn(self.logits)
+            self.assertEqual(bool(np.isnan(h[self.cell])), nan_map, kind)
+            if kind == "softmax" or np.isnan(bad):
+                self.assertTrue(np.all(np.isnan(h[self.point])), kind)
+            _others_unchanged(h, clean, self.point)
+            grad = jax.grad(lambda v: jnp.sum(fn(v) * weights))(x)
+            self.assertEqual(bool(np.isnan(grad[self.cell])), nan_map, kind)
+            _others_unchanged(grad, jax.grad(lambda v: jnp.sum(fn(v) * weights))(self.logits), self.point)
+        log_h = ops.log_flat_softmax(x)
+        self.assertTrue(_is_bad(log_h[self.point]))
+        _others_unchanged(log_h, ops.log_flat_softmax(self.logits), self.point)
+
+    def test_minus_inf_logit_is_a_zero_probability_cell(self):
+        # exp(−inf) = 0 exactly: a legitimate way to rule a cell out, finite everywhere (as dsntnn).
+        x = self.logits.at[self.cell].set(-np.inf)
+        for kind in ("softmax", "relu", "sigmoid"):
+            h = ops.heatmap_activation(x, kind)
+            self.assertEqual(float(h[self.cell]), 0.0)
+            np.testing.assert_allclose(h.sum(axis=(-2, -1)), 1.0, rtol=1e-5)
+        for reg in ("js", "kl", "var"):
+            value, grad = jax.value_and_grad(training_loss)(x, self.target, self.mask, reg)
+            self.assertTrue(_finite((value, grad)), reg)
+
+    @parameterized.named_parameters(*_NONFINITE)
+    def test_dsnt_and_variance(self, bad):
+        h = self.heatmaps.at[self.cell].set(bad)
+        for fn in (ops.dsnt, functools.partial(ops.dsnt, normalized_coordinates=False), ops.heatmap_variance,
+                   lambda m: ops.variance_reg_losses(m, 1.0)):
+            out, clean = fn(h), fn(self.heatmaps)
+            self.assertTrue(_is_bad(out[self.point]), out[self.point])
+            _others_unchanged(out, clean, self.point)
+
+        def loss(m):  # DSNT's gradient is the constant grid; the NaN comes back through the loss above it
+            return ops.average_loss(ops.euclidean_losses(ops.dsnt(m), self.target), self.mask)
+
+        value, grad = jax.value_and_grad(loss)(h)
+        self.assertTrue(_is_bad(value))
+        self.assertTrue(_is_bad(grad[self.point]))
+        self.assertTrue(_finite(grad[0]))
+
+    @parameterized.named_parameters(*_NAN_AND_INF)
+    def test_nan_logits_give_a_nan_loss(self, bad):
+        x = self.logits.at[self.cell].set(bad)
+
+        def euclidean_only(v):
+            return ops.average_loss(ops.euclidean_losses(ops.dsnt(ops.flat_softmax(v)), self.target), self.mask)
+
+        for name, fn in [("none", euclidean_only)] + [
+                (reg, functools.partial(training_loss, target=self.target, mask=self.mask, reg=reg))
+                for reg in ("js", "kl", "var")]:
+            for variant in (fn, jax.jit(fn)):
+                value, grad = jax.value_and_grad(variant)(x)
+                self.assertTrue(np.isnan(value), name)
+                self.assertTrue(np.all(np.isnan(grad[self.point])), name)
+                self.assertTrue(_finite(grad[0]), name)  # other samples' gradients are untouched
+        # vmapped over the batch: only the sample holding the NaN is NaN.
+        per_sample = jax.vmap(lambda v, t: ops.average_loss(ops.euclidean_losses(ops.dsnt(ops.flat_softmax(v)), t)))
+        values = per_sample(x, self.target)
+        self.assertTrue(np.isfinite(values[0]) and np.isnan(values[1]))
+
+    @parameterized.named_parameters(*_NONFINITE)
+    def test_divergences(self, bad):
+        p = self.heatmaps.at[self.cell].set(bad)
+        q = ops.flat_softmax(self.logits[::-1])
+        for fn in (ops.kl_divergence, ops.js_divergence):
+            for args, argnum in (((p, q), 0), ((q, p), 1)):
+                value = fn(*args)
+                self.assertTrue(_is_bad(value[self.point]), f"{fn.__name__} {argnum}")
+                _others_unchanged(value, fn(p.at[self.cell].set(0.0), q) if argnum == 0 else
+                                  fn(q, p.at[self.cell].set(0.0)), self.point)
+                grads = jax.grad(lambda a, b: fn(a, b).sum(), argnums=(0, 1))(*args)
+                self.assertFalse(_finite([g[self.point] for g in grads]), f"{fn.__name__} {argnum}")
+                self.assertTrue(_finite([g[0] for g in grads]))
+                # Forward mode runs the hand-written JVP directly. (For KL(q‖p) with p = ±inf in a cell the
+                # exact derivative in p there, −q/(p + ε), is 0, as in dsntnn; the value is already −inf/NaN.)
+                _, tangent = jax.jvp(lambda a: fn(*(a, args[1]) if argnum == 0 else (args[0], a)),
+                                     (args[argnum],), (jnp.ones_like(p),))
+                self.assertTrue(_finite(tangent[0]))
+                if np.isnan(bad) or fn is ops.js_divergence or argnum == 0:
+                    self.assertTrue(_is_bad(tangent[self.point]), f"{fn.__name__} jvp {argnum}")
+                if np.isnan(bad):
+                    self.assertTrue(np.isnan(grads[argnum][self.cell]), f"{fn.__name__} {argnum}")
+
+    @parameterized.named_parameters(*_NONFINITE)
+    def test_divergence_regularisers(self, bad):
+        h = self.heatmaps.at[self.cell].set(bad)
+        mu = self.target.at[self.point + (0,)].set(bad)
+        for name, fn in (("js", ops.js_reg_losses), ("kl", ops.kl_reg_losses)):
+            clean = fn(self.heatmaps, self.target, 1.0)
+            for args in ((h, self.target), (self.heatmaps, mu)):
+                value = fn(*args, 1.0)
+                self.assertTrue(_is_bad(value[self.point]), name)
+                _others_unchanged(value, clean, self.point)
+                grads = jax.grad(lambda a, b: fn(a, b, 1.0).sum(), argnums=(0, 1))(*args)
+                self.assertFalse(_finite([g[self.point] for g in grads]), name)
+                self.assertTrue(_finite([g[0] for g in grads]), name)
+            # A non-finite target mean: the target map is NaN, so are the heatmap's and the mean's gradients
+            # in reverse mode and the JVP (hand-written for JS) in forward mode.
+            grads = jax.grad(lambda a, b: fn(a, b, 1.0).sum(), argnums=(0, 1))(self.heatmaps, mu)
+            self.assertTrue(np.all(np.isnan(grads[0][self.point])), name)
+            self.assertTrue(np.all(np.isnan(grads[1][self.point])), name)
+            for tangents in ((jnp.ones_like(h), jnp.zeros_like(mu)), (jnp.zeros_like(h), jnp.ones_like(mu))):
+                _, tangent = jax.jvp(lambda a, b: fn(a, b, 1.0), (self.heatmaps, mu), tangents)
+                self.assertTrue(np.isnan(tangent[self.point]), name)
+                self.assertTrue(_finite(tangent[0]), name)
+        # A traced NaN σ (concrete ones are rejected) gives NaN everywhere.
+        self.assertTrue(_is_bad(jax.jit(lambda s: ops.js_reg_losses(self.heatmaps, self.target, s))(jnp.nan)))
+
+    @parameterized.named_parameters(*_NONFINITE)
+    def test_make_gauss(self, bad):
+        means = self.target.at[self.point + (0,)].set(bad)
+        weights = jnp.asarray(np.random.default_rng(6).normal(size=(5, 6)), jnp.float32)
+        for normalize in (True, False):
+            fn = functools.partial(ops.make_gauss, size=(5, 6), sigma=1.0, normalize=normalize)
+            g = fn(means)
+            # A mean at ±inf is no finite Gaussian: NaN (not an all-zero map that a loss would take at face value).
+            self.assertTrue(np.all(np.isnan(g[self.point])), f"normalize={normalize}")
+            _others_unchanged(g, fn(self.target), self.point)
+            grad = jax.grad(lambda m: jnp.sum(fn(m) * weights))(means)
+            self.assertTrue(np.all(np.isnan(grad[self.point])), f"normalize={normalize}")
+            self.assertTrue(_finite(grad[0]))
+        # Far off the map but finite is still a normalised map (the existing guarantee), not NaN.
+        g = ops.make_gauss(self.target.at[self.point + (0,)].set(1e30), (5, 6), 1.0)
+        self.assertTrue(_finite(g))
+        np.testing.assert_allclose(g.sum(axis=(-2, -1)), 1.0, rtol=1e-5)
+        self.assertTrue(_is_bad(jax.jit(lambda s: ops.make_gauss(self.target, (5, 6), s))(jnp.nan)))
+
+    @parameterized.named_parameters(*_NONFINITE)
+    def test_coordinate_conversions(self, bad):
+        c = self.coords.at[self.point + (0,)].set(bad)
+        for fn in (ops.normalized_to_pixel_coordinates, ops.pixel_to_normalized_coordinates):
+            out = fn(c, (5, 6))
+            self.assertTrue(_is_bad(out[self.point + (0,)]))
+            _others_unchanged(out, fn(self.coords, (5, 6)), self.point)
+
+    def test_bfloat16_nan_survives_the_upcast(self):
+        x = self.logits.astype(jnp.bfloat16).at[self.cell].set(jnp.nan)
+        value, grad = jax.value_and_grad(training_loss)(x, self.target.astype(jnp.bfloat16), self.mask)
+        self.assertTrue(np.isnan(value))
+        self.assertEqual(grad.dtype, jnp.bfloat16)
+        self.assertTrue(np.all(np.isnan(np.asarray(grad[self.point], np.float32))))
+
+
+class PoseLossNonFiniteTest(parameterized.TestCase):
+    """`models.pose_loss`: NaN in what counts propagates; NaN in the targets of masked joints does not."""
+
+    CONFIGS = [("dsnt", reg, False) for reg in ("none", "js", "kl", "var")] + [("fc", "js", False),
+                                                                                ("hm", "none", False),
+                                                                                ("hm", "none", True)]
+
+    def setUp(self):
+        super().setUp()
+        rng = np.random.default_rng(31)
+        self.logits = jnp.asarray(rng.normal(size=(2, 3, 6, 6)), jnp.float32)
+        self.target = jnp.asarray(rng.uniform(-0.8, 0.8, size=(2, 3, 2)), jnp.float32)
+        self.mask = jnp.array([[1.0, 0.0, 1.0], [1.0, 1.0, 1.0]])
+
+    def _loss(self, logits, target, output, reg, hm_masked):
+        from dsnt_jax.models.loss import pose_loss
+
+        if output == "hm":
+            outputs = {"coords": jnp.zeros(target.shape), "heatmaps": logits}
+        else:
+            h = ops.flat_softmax(logits)
+            outputs = {"coords": ops.dsnt(h), "heatmaps": h}
+        return pose_loss(outputs, target, self.mask, output=output, reg=reg, hm_masked=hm_masked)[0]
+
+    @parameterized.named_parameters(*_NONFINITE)
+    def test_masked_joint_with_garbage_target(self, bad):
+        # Datasets may store NaN for unannotated joints; mask = 0 must keep loss *and* gradients finite.
+        # dsntnn's average_loss multiplies by the mask (NaN·0 = NaN); here the joint is excluded instead.
+        target = self.target.at[0, 1].set(bad)
+        for config in self.CONFIGS:
+            value, grad = jax.value_and_grad(self._loss)(self.logits, target, *config)
+            self.assertTrue(_finite((value, grad)), config)
+            if config[0] != "hm" or config[2]:
+                # Excluded entirely: the same as any finite placeholder.
+                placeholder = self._loss(self.logits, self.target.at[0, 1].set(0.3), *config)
+                np.testing.assert_allclose(value, placeholder, rtol=1e-6)
+
+    @parameterized.named_parameters(*_NONFINITE)
+    def test_annotated_joint_with_nan_target(self, bad):
+        target = self.target.at[1, 2, 1].set(bad)
+        for config in self.CONFIGS:
+            self.assertFalse(_finite(self._loss(self.logits, target, *config)), config)
+
+    @parameterized.named_parameters(*_NAN_AND_INF)
+    def test_nan_prediction(self, bad):
+        logits = self.logits.at[1, 2, 3, 4].set(bad)
+        for config in self.CONFIGS:
+            value, grad = jax.value_and_grad(self._loss)(logits, self.target, *config)
+            # NaN, except hm's squared error of an inf map cell, which is inf (with an inf gradient).
+            self.assertFalse(_finite(value), config)
+            self.assertFalse(_finite(grad[1, 2]), config)
+            self.assertTrue(_finite(grad[0]), config)
+
+
 class BadInputTest(parameterized.TestCase):
     def test_wrong_rank(self):
         with self.assertRaisesRegex(ValueError, r"\[\.\.\., L, H, W\].*got shape \(5, 5\)"):

@@ -15,7 +15,7 @@ from data.joints import FLIP_PERMUTATION
 from dsnt_jax.models import create_model
 from train import config as config_lib
 from train import predict as predict_cli
-from train.checkpoint import Checkpointer
+from train.checkpoint import CheckpointError, Checkpointer
 from train.inference import Box, PoseEstimator
 from train.state import create_train_state, torch_rmsprop
 
@@ -39,7 +39,7 @@ def workdir(tmp_path_factory):
     state = state.replace(params=params)
     data_iter = iter(grain.MapDataset.range(4).to_iter_dataset())
     ckpt = Checkpointer(root / "checkpoints", async_save=False)
-    ckpt.save(7, state, {"epoch": 1, "step": 7, "best_pckh": 12.5, "best_step": 7}, data_iter, 12.5)
+    ckpt.save(7, state, {"epoch": 1, "step": 7, "best_pckh": 12.5, "best_step": 7}, data_iter)
     ckpt.close()
     return root, cfg, model, {"params": state.params, "batch_stats": state.batch_stats}
 
@@ -100,7 +100,7 @@ def test_bad_inputs(workdir, tmp_path):
     root, *_ = workdir
     with pytest.raises(FileNotFoundError, match="not a training run directory"):
         PoseEstimator.from_checkpoint(tmp_path)
-    with pytest.raises(ValueError, match="no checkpoint at step 3"):
+    with pytest.raises(CheckpointError, match="no checkpoint at step 3"):
         PoseEstimator.from_checkpoint(root, step=3)
     estimator = PoseEstimator.from_checkpoint(root, step="latest")
     with pytest.raises(ValueError, match="RGB image"):

@@ -1,119 +1,35 @@
-"""Kill/resume: a run killed (SIGKILL), restarted, stopped (SIGTERM) and restarted again ends with the
-parameters of a run that never stopped. Each run is a real `python -m train.main` subprocess (2 simulated CPU
-devices, inherited from conftest) on a tiny synthetic tfds dataset built in tmp_path, with a tiny ResNet
-(the test-only --model-overrides flag); a shared persistent compilation cache keeps the restarts quick."""
+"""Kill/resume: a run killed (SIGKILL), restarted, stopped (SIGTERM) and restarted again ends exactly like a run
+that never stopped: the same parameters, the same kept checkpoints and best step, the same metrics.jsonl; and a
+finished run extended with more epochs keeps its best checkpoint. Real `python -m train.main` subprocesses
+(tests/tiny_run.py)."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-import data.synthetic_pose
-from train.checkpoint import Checkpointer
+import tiny_run
+from tiny_run import STEPS_PER_EPOCH
 
-REPO = Path(__file__).resolve().parents[1]
-NUM_TRAIN, BATCH, EPOCHS = 32, 8, 10
-TOTAL_STEPS = EPOCHS * NUM_TRAIN // BATCH
-TINY = {"widths": [8, 8, 8, 8], "stem_width": 8, "stage_sizes": [1, 1, 1, 1]}
+EPOCHS = 10
+TOTAL_STEPS = EPOCHS * STEPS_PER_EPOCH
+KEEP = ["--keep-checkpoints=1"]
 
 
 @pytest.fixture(scope="module")
 def env_and_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path]:
-    root = tmp_path_factory.mktemp("resume")
-    data_dir = root / "tfds"
-    data.synthetic_pose.build(str(data_dir), num_train=NUM_TRAIN, num_val=8, canvas_size=48, num_workers=1)
-    env = dict(os.environ)
-    # A shared persistent compilation cache: the later runs load the executables the first one compiled.
-    env.update(JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", PYTHONPATH=str(REPO))
-    return env, data_dir
-
-
-def _command(workdir: Path, data_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "train.main", "--dataset=synthetic", f"--data-dir={data_dir}",
-            f"--synthetic-train={NUM_TRAIN}", "--synthetic-val=8", "--synthetic-canvas=48",
-            "--backbone=resnet18", "--res=28", "--input-size=32", f"--batch-size={BATCH}",
-            f"--epochs={EPOCHS}", "--lr-milestones=5", "--eval-every=5", "--lr=1e-3",
-            f"--model-overrides={json.dumps(TINY)}", f"--workdir={workdir}"]
-
-
-def _run(workdir: Path, env_and_data: tuple[dict[str, str], Path]) -> str:
-    env, data_dir = env_and_data
-    done = subprocess.run(_command(workdir, data_dir), env=env, cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout
-
-
-def _final_state(workdir: Path) -> dict:
-    ckpt = Checkpointer(workdir / "checkpoints", read_only=True)
-    try:
-        assert ckpt.latest_step() == TOTAL_STEPS
-        state, meta = ckpt.restore_raw()
-    finally:
-        ckpt.close()
-    assert meta["step"] == TOTAL_STEPS
-    return state
-
-
-def _interrupt_after_checkpoint(workdir: Path, env_and_data: tuple[dict[str, str], Path], sig: int,
-                                after_step: int = 0) -> subprocess.CompletedProcess:
-    """Starts a run, sends `sig` once a complete checkpoint later than `after_step` exists, waits for it."""
-    env, data_dir = env_and_data
-    proc = subprocess.Popen(_command(workdir, data_dir), env=env, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    ckpt_dir = workdir / "checkpoints"
-    deadline = time.monotonic() + 240
-
-    def newest() -> int:
-        # orbax renames a checkpoint to its bare step number only once it is complete.
-        steps = [int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()] if ckpt_dir.is_dir() else []
-        return max(steps, default=0)
-
-    try:
-        while newest() <= after_step:
-            assert proc.poll() is None, "the run ended before writing a new checkpoint"
-            assert time.monotonic() < deadline, "no new checkpoint appeared"
-            time.sleep(0.02)
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return tiny_run.build_data(tmp_path_factory.mktemp("resume"))
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory, env_and_data) -> dict:
+def reference(tmp_path_factory: pytest.TempPathFactory, env_and_data) -> Path:
+    env, data_dir = env_and_data
     workdir = tmp_path_factory.mktemp("reference")
-    _run(workdir, env_and_data)
-    return _final_state(workdir)
-
-
-def _assert_same_state(a: dict, b: dict) -> None:
-    flat_a = dict(_flatten(a))
-    flat_b = dict(_flatten(b))
-    assert flat_a.keys() == flat_b.keys()
-    for key in flat_a:
-        np.testing.assert_allclose(flat_b[key], flat_a[key], rtol=0, atol=1e-6, err_msg=key)
-
-
-def _flatten(tree: dict, prefix: str = ""):
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}/")
-        else:
-            yield f"{prefix}{key}", np.asarray(value)
+    tiny_run.run(tiny_run.command(workdir, data_dir, epochs=EPOCHS, extra=KEEP), env)
+    return workdir
 
 
 def _resumed_step(stdout: str) -> int:
@@ -122,14 +38,34 @@ def _resumed_step(stdout: str) -> int:
     return int(match.group(1))
 
 
+def _assert_same_run(expected: Path, actual: Path) -> None:
+    assert tiny_run.complete_steps(actual) == tiny_run.complete_steps(expected)
+    state_e, meta_e = tiny_run.read_checkpoint(expected)
+    state_a, meta_a = tiny_run.read_checkpoint(actual)
+    assert meta_a["step"] == TOTAL_STEPS
+    assert (meta_a["best_step"], meta_a["best_pckh"]) == (meta_e["best_step"], meta_e["best_pckh"])
+    tiny_run.assert_same_state(state_e, state_a)
+    # metrics.jsonl: no step logged twice (records after the resumed checkpoint are dropped on restart) and the
+    # same validation history; train lines may differ in where their averaging windows end (a stop flushes).
+    records = tiny_run.metric_records(actual)
+    keys = [(r["split"], r["step"]) for r in records]
+    assert len(keys) == len(set(keys))
+    assert [r for r in records if r["split"] == "val"] == [
+        r for r in tiny_run.metric_records(expected) if r["split"] == "val"]
+
+
 def test_sigkill_and_sigterm_then_restart_match_an_uninterrupted_run(tmp_path: Path, env_and_data,
-                                                                       reference) -> None:
+                                                                       reference: Path) -> None:
+    env, data_dir = env_and_data
+    cmd = tiny_run.command(tmp_path, data_dir, epochs=EPOCHS, extra=KEEP)
     # 1. SIGKILL once the first checkpoint is complete: nothing after it survives.
-    killed = _interrupt_after_checkpoint(tmp_path, env_and_data, signal.SIGKILL)
+    killed = tiny_run.start_and_kill_when(cmd, env, lambda: bool(tiny_run.complete_steps(tmp_path)),
+                                          sig=signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
     # 2. Restart; SIGTERM once it has written a newer checkpoint: it saves the current step and exits 0.
-    first = max(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
-    stopped = _interrupt_after_checkpoint(tmp_path, env_and_data, signal.SIGTERM, after_step=first)
+    first = max(tiny_run.complete_steps(tmp_path))
+    stopped = tiny_run.start_and_kill_when(cmd, env, lambda: max(tiny_run.complete_steps(tmp_path)) > first,
+                                           sig=signal.SIGTERM)
     assert stopped.returncode == 0, stopped.stdout[-2000:] + stopped.stderr[-2000:]
     resumed = _resumed_step(stopped.stdout)
     assert 0 < resumed < TOTAL_STEPS  # the restart continued from the middle of the run
@@ -138,26 +74,20 @@ def test_sigkill_and_sigterm_then_restart_match_an_uninterrupted_run(tmp_path: P
     saved = int(match.group(1))
     assert resumed < saved < TOTAL_STEPS
     # 3. Restart again: it resumes exactly where SIGTERM saved and ends like the uninterrupted run.
-    stdout = _run(tmp_path, env_and_data)
+    stdout = tiny_run.run(cmd, env).stdout
     assert _resumed_step(stdout) == saved
-    _assert_same_state(reference, _final_state(tmp_path))
+    _assert_same_run(reference, tmp_path)
 
 
-def test_checkpointer_keeps_the_latest_and_the_best(tmp_path: Path) -> None:
-    import grain
-
-    ckpt = Checkpointer(tmp_path / "ckpt", keep=2, async_save=False)
-    it = iter(grain.MapDataset.range(100).to_iter_dataset())
-    pckh_by_step = {2: 80.0, 4: 50.0, 6: 60.0}
-    for step in range(1, 7):
-        value = next(it)
-        ckpt.save(step, {"w": np.full((3,), step, np.float32)}, {"step": step, "last": int(value)}, it,
-                  pckh_by_step.get(step))
-    ckpt.wait()
-    assert ckpt.all_steps() == [2, 5, 6]  # the best (step 2) and the latest two
-    fresh = iter(grain.MapDataset.range(100).to_iter_dataset())
-    state, meta = ckpt.restore(2, {"w": np.zeros((3,), np.float32)}, fresh)
-    np.testing.assert_array_equal(state["w"], np.full((3,), 2, np.float32))
-    assert meta == {"step": 2, "last": 1}
-    assert next(fresh) == 2  # the data iterator continues right after the saved position
-    ckpt.close()
+def test_an_extended_run_keeps_its_best_checkpoint(tmp_path: Path, env_and_data) -> None:
+    # issue #11.2: a finished run continued with more epochs resumed from its last checkpoint, and its first save
+    # deleted the best one (orbax's best-metric bookkeeping did not survive the restart).
+    env, data_dir = env_and_data
+    tiny_run.run(tiny_run.command(tmp_path, data_dir, epochs=5, extra=KEEP), env)
+    _, meta = tiny_run.read_checkpoint(tmp_path)
+    best = meta["best_step"]
+    assert tiny_run.complete_steps(tmp_path) == sorted({best, 5 * STEPS_PER_EPOCH})
+    tiny_run.run(tiny_run.command(tmp_path, data_dir, epochs=6, extra=KEEP), env)
+    _, meta = tiny_run.read_checkpoint(tmp_path)
+    assert tiny_run.complete_steps(tmp_path) == sorted({meta["best_step"], 6 * STEPS_PER_EPOCH})
+    assert meta["best_step"] in (best, 6 * STEPS_PER_EPOCH)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from dsnt_jax.models import ACTIVATIONS, BACKBONES, OUTPUTS, REGULARIZERS, RESNE
 
 DATASETS: tuple[str, ...] = ("mpii", "synthetic")
 PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
+NONFINITE_POLICIES: tuple[str, ...] = ("stop", "skip")
 RESOLUTIONS: tuple[int, ...] = (7, 14, 28, 56)
 CONFIG_FILE = "config.json"
 
@@ -65,6 +67,7 @@ class Config:
     num_workers: int = 0
     cache_mb: int = 1024
     keep_checkpoints: int = 3
+    on_nonfinite: str = "stop"
     log_every: int = 20
     synthetic_train: int | None = None
     synthetic_val: int | None = None
@@ -216,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--cache-mb", type=int, help="with --no-aug: MiB per data-loading process for crops kept after their "
                                    "first epoch (default 1024; 0 disables)")
     a("--keep-checkpoints", type=int, help="latest checkpoints kept besides the best (default 3)")
+    a("--on-nonfinite", choices=NONFINITE_POLICIES,
+      help="a step whose loss or new parameters are not finite is never applied; 'stop' (default) ends the run "
+           "there without saving, 'skip' drops that step's update and goes on")
     a("--log-every", type=int, help="steps between metric log lines (default 20)")
     a("--synthetic-train", type=int, help="synthetic dataset: training examples (default 6000)")
     a("--synthetic-val", type=int, help="synthetic dataset: validation examples (default 500)")
@@ -281,9 +287,13 @@ def validate(cfg: Config) -> None:
     for name, value in positive.items():
         if not (isinstance(value, int) and value >= 1):
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-    if not (cfg.lr > 0 and cfg.sigma > 0 and cfg.reg_coeff >= 0 and cfg.lr_gamma > 0):
-        raise ValueError(f"need --lr > 0, --sigma > 0, --reg-coeff >= 0 and --lr-gamma > 0; got "
-                         f"{cfg.lr}, {cfg.sigma}, {cfg.reg_coeff}, {cfg.lr_gamma}")
+    reals = dict(lr=cfg.lr, sigma=cfg.sigma, reg_coeff=cfg.reg_coeff, lr_gamma=cfg.lr_gamma)
+    for name, value in reals.items():
+        if not math.isfinite(value) or value < 0 or (value == 0 and name != "reg_coeff"):
+            bound = ">= 0" if name == "reg_coeff" else "> 0"
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number {bound}, got {value}")
+    if cfg.on_nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"--on-nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {cfg.on_nonfinite!r}")
     if any(m < 1 for m in cfg.lr_milestones) or list(cfg.lr_milestones) != sorted(set(cfg.lr_milestones)):
         raise ValueError(f"--lr-milestones must be increasing positive epochs, got {cfg.lr_milestones}")
     if cfg.train_samples is not None and cfg.train_samples < 1:

@@ -9,6 +9,10 @@ pixels, the same persons in the same order). With ``--checkpoint`` a trained mod
 validation split (flip test with ``--flip``), the predictions are saved as ``.h5`` ('preds' [N, 16, 2], the
 layout ``--predictions`` reads) and scored against the split's annotations. ``--json`` writes
 `data.pckh.PCKhResult.to_json_dict()` (percent values).
+
+A file that cannot be scored (missing, corrupt, without the expected variable, holding text, cells or
+structs, of the wrong shape, with NaN/infinite predictions) ends the command with one line
+``python -m train.evaluate: error: FILE: ...`` saying what was expected, and exit status 2.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from data import eval_files, pckh
+from train.workdir import WorkdirError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json is not None:
             _write_json(args.json, result)
             print(f"wrote {args.json}")
-    except (ValueError, OSError) as err:  # OSError: unreadable input or unwritable --json
+    # OSError: unreadable input or unwritable --json; WorkdirError: --checkpoint without that checkpoint.
+    except (ValueError, OSError, WorkdirError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     return 0

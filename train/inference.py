@@ -9,7 +9,11 @@
 
 Each image is cropped around a person box exactly as in training (the MPII convention: a square of side
 250·scale centred on (cx, cy + 15·scale)); without a box the whole image is used (its longer side framed
-by the box).
+by the box). A box's side must be `MIN_BOX_SIDE_FRACTION`–`MAX_BOX_SIDE_FRACTION` (1 %–10×) of the image's
+longer side (`scale_range`) and its centre within `MAX_CENTRE_DISTANCE` (100) longer sides of the origin;
+a box that overlaps the image by less than `MIN_BOX_OVERLAP` (a quarter of its area) gets a
+`BoxOutsideImageWarning`, since the network then sees mostly black padding and still answers.
+Images are arrays in the displayed orientation; `train.images.read_rgb` reads files that way.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import dataclasses
 import functools
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,10 +36,25 @@ from dsnt_jax import ops
 from dsnt_jax.models import create_model
 from train import config as config_lib
 from train.checkpoint import Checkpointer
+from train.images import to_uint8_rgb
 from train.steps import coords_from_logits
 
 # The record image frame is MPII's, 1-based; predictions are returned 0-based (numpy pixel centres).
 _FRAME_OFFSET = 1.0
+
+# Sane person boxes: side 250·scale between 1 % and 10× the image's longer side. Outside that range the
+# crop is a few pixels blown up, or the image a speck in it (and huge scales overflow the drawing code).
+MIN_BOX_SIDE_FRACTION = 0.01
+MAX_BOX_SIDE_FRACTION = 10.0
+# A box centre further than this many image sides from the origin is an error, not a warning: float64
+# box corners lose the box's size there (and it is a typo, not a person).
+MAX_CENTRE_DISTANCE = 100.0
+# Below this fraction of the box's area inside the image the network mostly sees black padding.
+MIN_BOX_OVERLAP = 0.25
+
+
+class BoxOutsideImageWarning(UserWarning):
+    """A person box that overlaps its image by less than `MIN_BOX_OVERLAP` of its area."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +69,47 @@ class Box:
         """The box whose side (250·scale) is the image's longer side, centred on the image."""
         scale = max(height, width) / records.BOX_SIDE_PER_SCALE
         return cls(((width - 1) / 2, (height - 1) / 2 - records.BOX_DY_PER_SCALE * scale), scale)
+
+    def corners(self) -> np.ndarray:
+        """float64 [4] (x1, y1, x2, y2), 0-based continuous pixels (pixel i spans [i - 0.5, i + 0.5])."""
+        return records.person_box(self.center, self.scale)
+
+    def describe(self) -> str:
+        """One-line text of the box for messages: centre, scale and corners."""
+        x1, y1, x2, y2 = self.corners()
+        return (f"centre ({self.center[0]:g}, {self.center[1]:g}), scale {self.scale:g}: "
+                f"x {x1:.0f}..{x2:.0f}, y {y1:.0f}..{y2:.0f}")
+
+
+def scale_range(height: int, width: int) -> tuple[float, float]:
+    """The (lowest, highest) box scale accepted for an image of this size (see `MIN_BOX_SIDE_FRACTION`)."""
+    longer = max(height, width) / records.BOX_SIDE_PER_SCALE
+    return MIN_BOX_SIDE_FRACTION * longer, MAX_BOX_SIDE_FRACTION * longer
+
+
+def check_box(box: Box, height: int, width: int) -> None:
+    """Raises ValueError unless `box` has a scale within `scale_range(height, width)` and a centre whose
+    coordinates are at most `MAX_CENTRE_DISTANCE` times the image's longer side.
+    """
+    limit = MAX_CENTRE_DISTANCE * max(height, width)
+    if not all(abs(float(v)) <= limit for v in box.center):  # False for NaN
+        raise ValueError(f"the person box centre {box.center} is too far from the {width}×{height} image: "
+                         f"each coordinate must be within ±{limit:g} ({MAX_CENTRE_DISTANCE:g}× its longer side)")
+    lo, hi = scale_range(height, width)
+    if not (math.isfinite(box.scale) and lo <= box.scale <= hi):
+        raise ValueError(
+            f"person box scale {box.scale:g} does not fit a {width}×{height} image: the box side 250·scale "
+            f"must be {MIN_BOX_SIDE_FRACTION:.0%} to {MAX_BOX_SIDE_FRACTION:g}× the image's longer side, "
+            f"i.e. {lo:.3g} <= scale <= {hi:.3g}")
+
+
+def box_overlap(box: Box, height: int, width: int) -> float:
+    """The fraction of the box's area that lies inside the image, in [0, 1]."""
+    x1, y1, x2, y2 = box.corners()
+    # The image covers [-0.5, W - 0.5] × [-0.5, H - 0.5] in 0-based continuous pixels.
+    overlap_w = max(0.0, min(x2, width - 0.5) - max(x1, -0.5))
+    overlap_h = max(0.0, min(y2, height - 0.5) - max(y1, -0.5))
+    return overlap_w * overlap_h / ((x2 - x1) * (y2 - y1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +149,8 @@ class PoseEstimator:
 
         Args:
           workdir: the training run's directory (holds config.json and checkpoints/).
-          step: 'best' (highest validation PCKh, else the latest), 'latest', or a step number.
+          step: 'best' (highest validation PCKh; an error if the run was never validated or that checkpoint
+            is gone), 'latest', or a step number.
           flip_test: average the predictions of each image and its mirror (paper-recipe §8).
         """
         workdir = os.fspath(workdir)
@@ -100,11 +162,7 @@ class PoseEstimator:
             cfg = config_lib.Config.from_json(f.read())
         checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
         try:
-            steps = checkpointer.all_steps()
-            if not steps:
-                raise FileNotFoundError(f"no complete checkpoint in {checkpointer.directory}")
-            chosen = _choose_step(checkpointer, steps, step)
-            state, _ = checkpointer.restore_raw(chosen)
+            state, _ = checkpointer.restore_raw(checkpointer.resolve_step(step))
         finally:
             checkpointer.close()
         variables = {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
@@ -122,19 +180,17 @@ class PoseEstimator:
         return coords, heatmaps
 
     def preprocess(self, image: np.ndarray, box: Box | None = None) -> dict[str, np.ndarray]:
-        """Crops one RGB image [H, W, 3] (uint8 or float in [0, 1]) to the network input.
+        """Crops one RGB image [H, W, 3] (uint8, uint16, or float in [0, 1]) to the network input.
 
         Returns:
           {'image': float32 [S, S, 3], 'normalized_to_image': [2, 3] affine to the MPII (1-based) frame}.
+
+        Raises:
+          ValueError: not an RGB image, or a box that fails `check_box`.
         """
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[-1] != 3:
-            raise ValueError(f"expected an RGB image [H, W, 3], got shape {image.shape}")
-        if image.dtype != np.uint8:
-            image = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+        image = to_uint8_rgb(image)
         box = box or Box.whole_image(*image.shape[:2])
-        if box.scale <= 0:
-            raise ValueError(f"the person box scale must be > 0, got {box.scale}")
+        check_box(box, *image.shape[:2])
         canvas_size = _canvas_size(self.config.input_size)
         center = np.asarray(box.center, np.float64) + _FRAME_OFFSET
         canvas_to_image = records.canvas_transform(center, box.scale, canvas_size)
@@ -149,18 +205,26 @@ class PoseEstimator:
         """Predicts the 16 MPII joints of one person per image.
 
         Args:
-          images: RGB images [H, W, 3], uint8 or float in [0, 1], any sizes.
+          images: RGB images [H, W, 3], uint8, uint16 or float in [0, 1], any sizes, in the displayed
+            orientation (joints are returned in the frame of the array as given).
           boxes: optional person box per image (None entries: the whole image).
 
         Returns:
           One Prediction per image.
+
+        Raises:
+          ValueError: a malformed image or box (see `preprocess`).
+
+        Warns:
+          BoxOutsideImageWarning: a given box overlaps its image by less than `MIN_BOX_OVERLAP`.
         """
         boxes = list(boxes) if boxes is not None else [None] * len(images)
         if len(boxes) != len(images):
             raise ValueError(f"got {len(images)} images but {len(boxes)} boxes")
         if not images:
             return []
-        samples = [self.preprocess(im, box) for im, box in zip(images, boxes)]
+        samples = [self.preprocess(im, box) for im, box in zip(images, boxes)]  # checks the boxes
+        _warn_boxes_outside(images, boxes)
         batch = jnp.asarray(np.stack([s["image"] for s in samples]))
         coords, heatmaps = jax.device_get(self._forward(self.variables, batch))
         affines = np.stack([s["normalized_to_image"] for s in samples])
@@ -173,25 +237,23 @@ class PoseEstimator:
                 for i, (im, box) in enumerate(zip(images, boxes))]
 
 
+def _warn_boxes_outside(images: Sequence[np.ndarray], boxes: Sequence[Box | None]) -> None:
+    for i, (image, box) in enumerate(zip(images, boxes)):
+        if box is None:
+            continue
+        height, width = np.shape(image)[:2]
+        overlap = box_overlap(box, height, width)
+        if overlap < MIN_BOX_OVERLAP:
+            warnings.warn(f"image {i} ({width}×{height}): the person box ({box.describe()}) overlaps it by "
+                          f"{overlap:.0%} (< {MIN_BOX_OVERLAP:.0%}); the joints are guesses on black padding",
+                          BoxOutsideImageWarning, stacklevel=3)
+
+
 def _spread_pixels(heatmaps: np.ndarray, affines: np.ndarray) -> np.ndarray:
     """RMS spread of each heatmap [B, J] in image pixels (from its variance in normalised units)."""
     variance = np.asarray(ops.heatmap_variance(heatmaps))  # [B, J, 2] normalised²
     pixels_per_unit = np.abs(affines[:, 0, 0])[:, None]  # isotropic crop: same scale on both axes
     return np.sqrt(variance.mean(axis=-1)) * pixels_per_unit
-
-
-def _choose_step(checkpointer: Checkpointer, steps: list[int], step: str | int) -> int:
-    if step == "latest":
-        return steps[-1]
-    if step == "best":
-        _, meta = checkpointer.restore_raw(steps[-1])
-        best = meta.get("best_step")
-        return int(best) if best in steps else steps[-1]
-    if isinstance(step, (int, np.integer)) or (isinstance(step, str) and step.isdigit()):
-        if int(step) not in steps:
-            raise ValueError(f"no checkpoint at step {step}; available: {steps}")
-        return int(step)
-    raise ValueError(f"step must be 'best', 'latest' or a step number, got {step!r}")
 
 
 @functools.lru_cache(maxsize=4)

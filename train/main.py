@@ -3,8 +3,12 @@
 Run `python -m train.main --help` for the flags and presets (train/config.py). Everything of a run lives
 in --workdir: config.json (the resolved configuration), checkpoints/ (orbax: last few epochs + the
 best by validation PCKh, with the optimiser, PRNG and data-iterator state), metrics.jsonl and
-tensorboard/. Restarting the same command resumes from the newest checkpoint and ends with the same
-parameters as an uninterrupted run; SIGTERM saves a checkpoint and exits cleanly.
+tensorboard/. Restarting the same command resumes from the newest checkpoint that restores and ends with the
+same parameters, kept checkpoints and best step as an uninterrupted run; SIGTERM or Ctrl-C save a checkpoint
+and exit cleanly. One process at a time holds a workdir (train/workdir.py), config.json is written only once
+the run has started, and a step whose loss or parameters are not finite is never applied (--on-nonfinite).
+Every refusal is one line on stderr: exit status 2 for bad input or an unusable workdir, 1 for a non-finite
+step.
 
 Data parallelism: `jax.pmap` over the local devices; with several hosts (the usual environment
 variables of `jax.distributed.initialize`: JAX_COORDINATOR_ADDRESS, SLURM, Open MPI) each host reads
@@ -13,11 +17,12 @@ its own shard of every global batch.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -31,8 +36,10 @@ from train import data as data_lib
 from train import state as state_lib
 from train import steps as steps_lib
 from train import validation
+from train import workdir as workdir_lib
 from train.checkpoint import Checkpointer
 from train.metrics import MetricsWriter, Progress
+from train.workdir import WorkdirError
 
 PROG = "python -m train.main"
 TORCHVISION_URLS = {
@@ -58,17 +65,18 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize()  # JAX's cluster detection reads SLURM / Open MPI variables
 
 
-def _sync_workdir_config(cfg: config_lib.Config) -> None:
-    """Checks that cfg may continue what --workdir holds, then writes config.json (first host)."""
+def _check_workdir_config(cfg: config_lib.Config, has_checkpoints: bool) -> None:
+    """Refuses to continue checkpoints written under a different configuration.
+
+    A config.json without checkpoints is from a run that never saved one (e.g. it stopped on a missing
+    dataset): it binds nothing and is replaced once this run starts.
+    """
     path = os.path.join(cfg.workdir, config_lib.CONFIG_FILE)
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            saved = config_lib.Config.from_json(f.read())
-        config_lib.check_resumable(saved, cfg)
-    if jax.process_index() == 0:
-        os.makedirs(cfg.workdir, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(cfg.to_json())
+    if not (has_checkpoints and os.path.exists(path)):
+        return
+    with open(path, encoding="utf-8") as f:
+        saved = config_lib.Config.from_json(f.read())
+    config_lib.check_resumable(saved, cfg)
 
 
 def _load_pretrained(cfg: config_lib.Config, state: state_lib.TrainState) -> state_lib.TrainState:
@@ -83,33 +91,65 @@ def _load_pretrained(cfg: config_lib.Config, state: state_lib.TrainState) -> sta
 
 
 class _Stop:
-    """SIGTERM → finish the current step, save a checkpoint and exit.
+    """SIGTERM or Ctrl-C (SIGINT) → finish the current step, save a checkpoint and exit.
 
-    With several hosts the signal reaches them at different steps, so they agree (all-gather of the
-    flags) every `sync_every` steps and stop together; a single host stops after the current step.
+    A second Ctrl-C interrupts at once (the last complete checkpoint stays). With several hosts the signal
+    reaches them at different steps, so they agree (all-gather of the flags) every `sync_every` steps and
+    stop together; a single host stops after the current step.
     """
 
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
     def __init__(self, sync_every: int) -> None:
-        self._received = False
+        self.received: str | None = None
         self._sync_every = sync_every if jax.process_count() > 1 else 1
-        self._previous = signal.signal(signal.SIGTERM, self._handler)
+        self._previous = {sig: signal.signal(sig, self._handler) for sig in self.SIGNALS}
 
     def _handler(self, signum: int, frame: Any) -> None:
-        del signum, frame
-        self._received = True
+        del frame
+        self.received = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def requested(self, step: int) -> bool:
         """Whether to stop after `step` (the same answer on every host)."""
         if jax.process_count() == 1:
-            return self._received
+            return self.received is not None
         if step % self._sync_every:
             return False
         from jax.experimental import multihost_utils
 
-        return bool(np.any(multihost_utils.process_allgather(np.int32(self._received))))
+        flag = np.int32(self.received is not None)
+        return bool(np.any(multihost_utils.process_allgather(flag)))
 
     def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a non-finite loss or parameters under --on-nonfinite=stop."""
+
+
+def _check_finite(values: list[dict[str, float]], first_step: int, policy: str, skipped: int,
+                  log: Callable[[str], None]) -> int:
+    """Handles the steps of `values` (step `first_step` onwards) whose update was not applied.
+
+    Returns the run's count of skipped steps; raises NonFiniteError at the first one under policy 'stop'.
+    """
+    bad = [first_step + i for i, v in enumerate(values) if v["nonfinite"] > 0]
+    if not bad:
+        return skipped
+    loss = values[bad[0] - first_step]["loss"]
+    if policy == "stop":
+        what = (f"the update made the parameters non-finite (loss {loss:.4g})" if math.isfinite(loss)
+                else f"the loss is {loss}")
+        raise NonFiniteError(
+            f"step {bad[0]}: {what}; stopped without saving, so the checkpoints on disk are untouched. Lower "
+            f"--lr, check the data, or pass --on-nonfinite=skip to drop such steps")
+    skipped += len(bad)
+    log(f"steps {', '.join(map(str, bad))}: non-finite loss or parameters, update skipped ({skipped} so far)")
+    return skipped
 
 
 def _run_name(cfg: config_lib.Config) -> str:
@@ -122,13 +162,21 @@ def _run_name(cfg: config_lib.Config) -> str:
 
 def train(cfg: config_lib.Config) -> int:
     """Runs (or resumes) the training described by `cfg`; returns the exit status."""
-    devices = jax.local_devices()
-    n_local, n_global, is_main = len(devices), jax.device_count(), jax.process_index() == 0
-    log = print if is_main else (lambda *_: None)
+    n_global = jax.device_count()
     if cfg.batch_size % n_global:
         raise ValueError(f"--batch-size={cfg.batch_size} does not divide over the {n_global} devices; "
                          f"use a multiple of {n_global}")
-    _sync_workdir_config(cfg)
+    # One training process per workdir: the lock is held by the first host for the whole run.
+    with workdir_lib.locked(cfg.workdir, enabled=jax.process_index() == 0):
+        return _train(cfg)
+
+
+def _train(cfg: config_lib.Config) -> int:
+    devices = jax.local_devices()
+    n_local, n_global, is_main = len(devices), jax.device_count(), jax.process_index() == 0
+    log = print if is_main else (lambda *_: None)
+    ckpt = Checkpointer(os.path.join(cfg.workdir, "checkpoints"), keep=cfg.keep_checkpoints)
+    _check_workdir_config(cfg, bool(ckpt.all_steps()))
 
     ds = data_lib.open_datasets(cfg, log=log)
     spe = data_lib.steps_per_epoch(cfg, len(ds.train))
@@ -147,16 +195,18 @@ def train(cfg: config_lib.Config) -> int:
 
     train_iter = iter(data_lib.train_loader(cfg, ds.train, shard_index=jax.process_index(),
                                             shard_count=jax.process_count()))
-    ckpt = Checkpointer(os.path.join(cfg.workdir, "checkpoints"), keep=cfg.keep_checkpoints)
-    meta: dict[str, Any] = {"epoch": 0, "step": 0, "best_pckh": None, "best_step": None}
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state, meta = ckpt.restore(latest, state, train_iter)
-        log(f"resuming from step {latest} (epoch {meta['epoch']}) in {ckpt.directory}")
+    meta: dict[str, Any] = {"epoch": 0, "step": 0, "best_pckh": None, "best_step": None, "skipped_steps": 0}
+    restored = ckpt.restore_newest(state, train_iter, log=log)
+    if restored is not None:
+        state, saved_meta = restored
+        meta.update(saved_meta)
+        log(f"resuming from step {meta['step']} (epoch {meta['epoch']}) in {ckpt.directory}")
     elif cfg.pretrained:
         state = _load_pretrained(cfg, state)
         log(f"loaded ImageNet weights from {cfg.pretrained}")
     step = int(state.step)
+    if is_main:  # written only now that the run really starts (it describes the checkpoints)
+        workdir_lib.write_atomic(os.path.join(cfg.workdir, config_lib.CONFIG_FILE), cfg.to_json())
 
     train_step = steps_lib.make_train_step(output=cfg.output, reg=cfg.reg, sigma=cfg.sigma,
                                            reg_coeff=cfg.reg_coeff, learning_rate_fn=schedule, devices=devices)
@@ -164,7 +214,7 @@ def train(cfg: config_lib.Config) -> int:
                                                  flip_test=flip, devices=devices)
                   for flip in {False, cfg.flip_test}}
     rstate = steps_lib.replicate(state, devices)
-    writer = MetricsWriter(cfg.workdir, enabled=is_main)
+    writer = MetricsWriter(cfg.workdir, enabled=is_main, resume_step=step)
     progress = Progress(total_steps, step, enabled=is_main)
     stop = _Stop(cfg.log_every)
     pending: list[dict[str, jax.Array]] = []
@@ -195,6 +245,18 @@ def train(cfg: config_lib.Config) -> int:
         progress.restart_clock()
         return chosen["total"]
 
+    def log_pending() -> None:
+        values = [{k: float(v[0]) for k, v in m.items()} for m in jax.device_get(pending)]
+        meta["skipped_steps"] = _check_finite(values, step - len(values) + 1, cfg.on_nonfinite,
+                                              meta["skipped_steps"], progress.write)
+        applied = [v for v in values if not v["nonfinite"]] or values
+        means = {k: float(np.mean([v[k] for v in applied])) for k in values[0] if k != "nonfinite"}
+        means["skipped_steps"] = meta["skipped_steps"]
+        means["images_per_s"] = progress.images_per_second(len(values) * cfg.batch_size)
+        writer.write("train", step, step // spe, means)
+        progress.update(0, loss=means["loss"], lr=means["lr"], img_s=means["images_per_s"])
+        pending.clear()
+
     try:
         while step < total_steps:
             batch = next(train_iter)
@@ -207,34 +269,30 @@ def train(cfg: config_lib.Config) -> int:
             stopping = stop.requested(step)
             epoch_end = step % spe == 0 or step == total_steps
             if len(pending) >= cfg.log_every or epoch_end or stopping:
-                values = {k: float(np.mean([m[k][0] for m in jax.device_get(pending)])) for k in pending[0]}
-                values["images_per_s"] = progress.images_per_second(len(pending) * cfg.batch_size)
-                writer.write("train", step, step // spe, values)
-                progress.update(0, loss=values["loss"], lr=values["lr"], img_s=values["images_per_s"])
-                pending = []
+                log_pending()  # before any save: a non-finite step stops the run here
             if not (epoch_end or stopping):
                 continue
             epoch = -(-step // spe)
-            pckh_total = None
             if epoch_end and (epoch % cfg.eval_every == 0 or step == total_steps):
                 pckh_total = validate(epoch)
-                if meta["best_pckh"] is None or pckh_total > meta["best_pckh"]:
+                # Ties keep the earlier checkpoint; NaN never becomes the best.
+                if np.isfinite(pckh_total) and (meta["best_pckh"] is None or pckh_total > meta["best_pckh"]):
                     meta.update(best_pckh=pckh_total, best_step=step)
             meta.update(epoch=epoch, step=step)
-            ckpt.save(step, steps_lib.unreplicate(rstate), meta, train_iter, pckh_total)
+            ckpt.save(step, steps_lib.unreplicate(rstate), meta, train_iter)
             progress.restart_clock()
             if stopping:
                 ckpt.wait()
-                progress.write(f"SIGTERM: saved step {step} in {ckpt.directory}; rerun the same command "
-                               f"to resume")
+                progress.write(f"{stop.received}: saved step {step} in {ckpt.directory}; rerun the same "
+                               f"command to resume")
                 return 0
     finally:
         stop.restore()
         if hasattr(train_iter, "close"):  # worker processes of num_workers > 0
             train_iter.close()
         progress.close()
-        ckpt.close()
         writer.close()
+        ckpt.close()
     if meta["best_pckh"] is not None:
         log(f"done: {total_steps} steps; best validation PCKh {meta['best_pckh']:.2f} at step "
             f"{meta['best_step']}; checkpoints in {ckpt.directory}")
@@ -250,9 +308,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.time()
     try:
         status = train(cfg)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, WorkdirError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; the last complete checkpoint is kept: rerun the same command to resume",
+              file=sys.stderr)
+        return 130
     if jax.process_index() == 0:
         print(f"wall time {time.time() - start:.0f} s")
     return status

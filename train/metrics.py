@@ -18,6 +18,8 @@ from typing import Any
 
 import tqdm
 
+from train.workdir import write_atomic
+
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
@@ -28,19 +30,25 @@ def _clean(value: Any) -> Any:
 
 
 class MetricsWriter:
-    """Appends metric records to WORKDIR/metrics.jsonl and WORKDIR/tensorboard/ (first host only)."""
+    """Appends metric records to WORKDIR/metrics.jsonl and WORKDIR/tensorboard/ (first host only).
 
-    def __init__(self, workdir: str, *, enabled: bool = True):
+    A run that resumes from the checkpoint of step `resume_step` first drops the records of later steps,
+    which the interrupted process wrote after that checkpoint and the resumed run writes again, so the
+    file ends the same as an uninterrupted run's (TensorBoard is told the same through `purge_step`).
+    """
+
+    def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int = 0):
         self._enabled = enabled
         self._jsonl = None
         self._tb = None
         if enabled:
             os.makedirs(workdir, exist_ok=True)
-            # Appending keeps the history of an interrupted run; resumed steps may repeat a few lines.
-            self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a", encoding="utf-8")
+            path = os.path.join(workdir, METRICS_FILE)
+            _drop_records_after(path, resume_step)
+            self._jsonl = open(path, "a", encoding="utf-8")
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR))
+            self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR), purge_step=resume_step + 1)
 
     def write(self, split: str, step: int, epoch: int, values: Mapping[str, Any]) -> None:
         """Logs scalar `values` of `split` ('train' or 'val') at `step`."""
@@ -59,6 +67,23 @@ class MetricsWriter:
         if self._enabled:
             self._jsonl.close()
             self._tb.close()
+
+
+def _drop_records_after(path: str, step: int) -> None:
+    """Rewrites the JSON-lines file `path` (atomically) without records of steps after `step`."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        except (ValueError, KeyError, TypeError):
+            pass  # a line cut short by a kill mid-write
+    if len(kept) != len(lines):
+        write_atomic(path, "".join(kept))
 
 
 class Progress:

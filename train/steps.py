@@ -48,7 +48,8 @@ def make_train_step(*, output: str, reg: str, sigma: float, reg_coeff: float,
     Returns:
       A function of a replicated TrainState and a batch {'image' [D, b, S, S, 3], 'coords' [D, b, J, 2],
       'mask' [D, b, J]} returning the new state (the input state's buffers are donated) and replicated
-      float32 metrics {'loss', 'lr', and 'euclidean'/'reg' or 'mse'}, each averaged like the gradient.
+      float32 metrics {'loss', 'lr', 'nonfinite' (1 when the step's loss or new parameters were not finite, so
+      the update was not applied), and 'euclidean'/'reg' or 'mse'}, each averaged like the gradient.
       Over several CPU devices it returns only once the step has run (see the end of this function).
     """
 
@@ -73,6 +74,16 @@ def make_train_step(*, output: str, reg: str, sigma: float, reg_coeff: float,
         metrics = jax.lax.psum(jax.tree_util.tree_map(lambda m: m * scale, metrics), AXIS)
         metrics["lr"] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)
         new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+        # A non-finite loss or update must never reach the parameters: such a step keeps the previous
+        # weights, optimiser and BatchNorm state (the step counter still advances) and reports itself, and
+        # the host loop decides whether to stop or go on (--on-nonfinite). The loss and gradients are
+        # already reduced over the devices, so every device takes the same branch.
+        finite = jnp.isfinite(metrics["loss"]) & _all_finite((new_state.params, new_state.batch_stats))
+        kept = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old),
+                                      (new_state.params, new_state.opt_state, new_state.batch_stats),
+                                      (state.params, state.opt_state, state.batch_stats))
+        new_state = new_state.replace(params=kept[0], opt_state=kept[1], batch_stats=kept[2])
+        metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
         return new_state, metrics
 
     pstep = jax.pmap(step, axis_name=AXIS, devices=devices, donate_argnums=(0,))
@@ -87,6 +98,12 @@ def make_train_step(*, output: str, reg: str, sigma: float, reg_coeff: float,
         return jax.block_until_ready(pstep(state, batch))
 
     return serialized_step
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def coords_from_logits(logits: jax.Array, params: Any, *, output: str, activation: str) -> jax.Array:

@@ -38,6 +38,9 @@ SIDE_COLOURS: dict[str, tuple[int, int, int]] = {
 _OUTLINE = (255, 255, 255)
 # cv2 drawing takes fixed-point coordinates with this many fractional bits (sub-pixel placement).
 _SHIFT = 4
+# Joints further out than this (pixels) are not drawn: cv2 takes int32 fixed-point coordinates, and a
+# joint predicted far off the image (a person box outside it) would overflow them.
+_MAX_DRAWN_COORD = 1e7
 
 
 def joint_side(joint: int) -> str:
@@ -84,8 +87,8 @@ def _check_joints(joints: Any, num_joints: int = NUM_JOINTS) -> np.ndarray:
 
 
 def _visible(joints: np.ndarray, mask: Any | None) -> np.ndarray:
-    """[J] bool: drawn joints are unmasked and finite."""
-    visible = np.all(np.isfinite(joints), axis=-1)
+    """[J] bool: drawn joints are unmasked, finite and within ±`_MAX_DRAWN_COORD` pixels."""
+    visible = np.all(np.abs(joints) <= _MAX_DRAWN_COORD, axis=-1)  # False for NaN too
     if mask is not None:
         mask = np.asarray(mask)
         if mask.shape != (joints.shape[0],):
@@ -114,7 +117,8 @@ def draw_skeleton(image: Any, joints: Any, mask: Any | None = None, *,
 
     Bones whose two joints are visible are drawn as anti-aliased lines coloured by side (`SIDE_COLOURS`:
     right red, left blue, centre green); each visible joint is a filled dot of its side's colour with a
-    white rim. A joint is visible when its mask entry is non-zero and its coordinates are finite.
+    white rim. A joint is visible when its mask entry is non-zero and its coordinates are finite and
+    within 10⁷ pixels of the origin (beyond that cv2's fixed-point coordinates overflow).
 
     Args:
       image: [H, W, 3] RGB, uint8 or float in [0, 1].

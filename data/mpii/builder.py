@@ -8,7 +8,11 @@ Image entries whose file is absent from the manual directory (or unreadable) are
 
 Configs: ``canvas576`` (default, the paper's 576 px canvas). Another canvas size or an injected validation list
 (tests) is a custom config: ``MpiiHumanPose(config=mpii_config(canvas_size, validation_persons), ...)``, written to
-its own directory ``mpii_human_pose/<config name>/1.0.0``.
+its own directory ``mpii_human_pose/<config name>/1.0.0``; ``mpii_config()`` itself (canvas 576) is the registered
+config, the same as ``MpiiHumanPose()``.
+
+Interrupted builds, damaged files: see ``data/build_guard.py`` (stale ``incomplete.*`` folders are removed by the
+next build; a truncated record file is reported when the dataset is opened).
 
 Usage (no TensorFlow needed)::
 
@@ -26,6 +30,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -34,7 +39,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
-from data import records
+from data import build_guard, records
 from data.mpii import manual, split
 from data.mpii.release import ImageAnnotation, Person
 
@@ -84,7 +89,7 @@ def mpii_config(canvas_size: int = DEFAULT_CANVAS_SIZE,
                       + (", custom validation list" if pairs else ", Tompson validation split"))
 
 
-class MpiiHumanPose(tfds.core.GeneratorBasedBuilder):
+class MpiiHumanPose(build_guard.GuardedBuilder, tfds.core.GeneratorBasedBuilder):
     """MPII Human Pose, one example per person, canvas crops around each person."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -109,6 +114,17 @@ class MpiiHumanPose(tfds.core.GeneratorBasedBuilder):
         self.skipped: dict[str, dict[str, int]] = {}
         # reason -> persons of the release in no split (no objpos/scale, no joints), filled by _split_generators.
         self.excluded: dict[str, int] = {}
+
+    @classmethod
+    def rebuild_command_for(cls, config_name: str, data_dir: str) -> str:
+        """The ``python -m data.prepare mpii ...`` command that builds config ``canvas<C>`` into ``data_dir``.
+
+        (A config with an injected validation list, ``canvas<C>_val<digest>``, has no command: tests build it.)
+        """
+        match = re.fullmatch(r"canvas(\d+)(_val\w+)?", config_name)
+        canvas = int(match[1]) if match else DEFAULT_CANVAS_SIZE
+        return ("python -m data.prepare mpii --manual-dir <folder holding the MPII release files> "
+                f"--data-dir {data_dir}" + (f" --canvas-size {canvas}" if canvas != DEFAULT_CANVAS_SIZE else ""))
 
     def _download_and_prepare(self, dl_manager: tfds.download.DownloadManager, download_config: Any) -> None:
         # The train split outgrows tfds's 1 GB in-memory shuffle: let it spill to local files without TF.
@@ -146,31 +162,39 @@ class MpiiHumanPose(tfds.core.GeneratorBasedBuilder):
         canvas_size = self.builder_config.canvas_size
         bar = tqdm.tqdm(total=len(by_image), desc=f"mpii {split_name} images", unit="img",
                         disable=not self._progress)
-        with concurrent.futures.ThreadPoolExecutor(self._num_threads) as pool:
-            pending: collections.deque[concurrent.futures.Future] = collections.deque()
-
-            def drain(limit: int) -> Iterator[tuple[str, dict[str, Any]]]:
-                while len(pending) > limit:
-                    name, status, examples = pending.popleft().result()
-                    bar.update(1)
-                    if status != "ok":
-                        counts[f"{status} images"] += 1
-                        counts["persons skipped"] += len(by_image[name])
-                        if counts[f"{status} images"] <= _MAX_LOGGED:
-                            log.warning("mpii_human_pose %s: %s image %s, skipping its %d person(s)%s",
-                                        split_name, status, name, len(by_image[name]),
-                                        " (further ones only counted)" if counts[f"{status} images"] == _MAX_LOGGED
-                                        else "")
-                    yield from examples
-
+        pool = concurrent.futures.ThreadPoolExecutor(self._num_threads, thread_name_prefix="mpii-crop")
+        pending: collections.deque[concurrent.futures.Future] = collections.deque()
+        try:
             for name, data in manual.iter_image_bytes(files, by_image):
                 pending.append(pool.submit(_image_examples, name, data, by_image[name], canvas_size))
                 # A bounded window keeps memory flat while the threads decode, crop and encode in parallel.
-                yield from drain(4 * self._num_threads)
-            yield from drain(0)
-        bar.close()
+                while len(pending) > 4 * self._num_threads:
+                    yield from self._finish_image(pending.popleft(), split_name, by_image, counts)
+                    bar.update(1)
+            while pending:
+                yield from self._finish_image(pending.popleft(), split_name, by_image, counts)
+                bar.update(1)
+        finally:
+            # Interrupted (Ctrl-C, generator closed): drop the queued images instead of cropping them first.
+            pool.shutdown(wait=True, cancel_futures=True)
+            bar.close()
         if counts:
             log.warning("mpii_human_pose %s: %s", split_name, dict(counts))
+
+    @staticmethod
+    def _finish_image(future: concurrent.futures.Future, split_name: str,
+                      by_image: dict[str, list[tuple[ImageAnnotation, Person]]],
+                      counts: collections.Counter) -> list[tuple[str, dict[str, Any]]]:
+        """One image's (key, record) pairs; a missing or unreadable image is counted (and logged) instead."""
+        name, status, examples = future.result()
+        if status != "ok":
+            counts[f"{status} images"] += 1
+            counts["persons skipped"] += len(by_image[name])
+            n = counts[f"{status} images"]
+            if n <= _MAX_LOGGED:
+                log.warning("mpii_human_pose %s: %s image %s, skipping its %d person(s)%s", split_name, status,
+                            name, len(by_image[name]), " (further ones only counted)" if n == _MAX_LOGGED else "")
+        return examples
 
 
 def _image_examples(name: str, data: bytes | None, refs: list[tuple[ImageAnnotation, Person]],

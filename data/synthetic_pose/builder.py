@@ -8,6 +8,10 @@ example, and the validation set does not change with num_train.
 Configs: the sizes, seed and canvas size are part of the config and of its name (``n6000_v500_s0_c192`` is the
 default), so different builds live in different directories ``synthetic_pose/<config name>/1.0.0``.
 
+Interrupted builds, damaged files: see ``data/build_guard.py``. The rendering processes ignore Ctrl-C (the parent
+stops them) and exit by themselves when the parent dies, even by SIGKILL; the next build removes the stale
+``incomplete.*`` folder; a truncated record file is reported when the dataset is opened.
+
 Usage (no TensorFlow needed)::
 
     from data.synthetic_pose import builder
@@ -23,13 +27,14 @@ import concurrent.futures
 import dataclasses
 import multiprocessing
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import cv2
 import tensorflow_datasets as tfds
 
-from data import records
+from data import build_guard, records
 from data.synthetic_pose import render
 
 DEFAULT_NUM_TRAIN = 6000
@@ -92,13 +97,18 @@ def make_example(seed: int, index: int, canvas_size: int) -> tuple[str, dict[str
     return f"{index:010d}", record
 
 
-def _make_chunk(seed: int, indices: range, canvas_size: int) -> list[tuple[str, dict[str, Any]]]:
+def _init_worker() -> None:
+    """Initializer of a rendering process: no Ctrl-C, exit with the parent, one OpenCV thread."""
+    build_guard.worker_process_init()
     # One OpenCV thread per worker: the workers already use every core.
     cv2.setNumThreads(1)
+
+
+def _make_chunk(seed: int, indices: range, canvas_size: int) -> list[tuple[str, dict[str, Any]]]:
     return [make_example(seed, i, canvas_size) for i in indices]
 
 
-class SyntheticPose(tfds.core.GeneratorBasedBuilder):
+class SyntheticPose(build_guard.GuardedBuilder, tfds.core.GeneratorBasedBuilder):
     """Synthetic articulated people with MPII's 16 joints, one example per image."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -112,14 +122,21 @@ class SyntheticPose(tfds.core.GeneratorBasedBuilder):
         default "array_record", readable by ``as_data_source`` and writable without TensorFlow).
         """
         kwargs.setdefault("file_format", "array_record")
-        config = kwargs.get("config")
-        if isinstance(config, SyntheticPoseConfig):
-            # tfds refuses a custom config object named like a registered one: pass the registered one's name.
-            for known in self.BUILDER_CONFIGS:
-                if known.name == config.name:
-                    kwargs["config"] = known.name
-        super().__init__(**kwargs)
+        super().__init__(**kwargs)  # GuardedBuilder swaps a registered config object for its name
         self._num_workers = max(1, num_workers or os.cpu_count() or 1)
+
+    @classmethod
+    def rebuild_command_for(cls, config_name: str, data_dir: str) -> str:
+        """The ``python -m data.prepare synthetic ...`` command that builds config ``n<N>_v<V>_s<S>_c<C>``."""
+        flags = [f"--data-dir {data_dir}"]
+        match = re.fullmatch(r"n(\d+)_v(\d+)_s(\d+)_c(\d+)", config_name)
+        if match:
+            defaults = (DEFAULT_NUM_TRAIN, DEFAULT_NUM_VAL, DEFAULT_SEED, DEFAULT_CANVAS_SIZE)
+            for flag, value, default in zip(("--num-train", "--num-val", "--seed", "--canvas-size"),
+                                            map(int, match.groups()), defaults):
+                if value != default:
+                    flags.append(f"{flag} {value}")
+        return "python -m data.prepare synthetic " + " ".join(flags)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
@@ -148,12 +165,18 @@ class SyntheticPose(tfds.core.GeneratorBasedBuilder):
         chunks = [indices[k:k + _CHUNK] for k in range(0, len(indices), _CHUNK)]
         # "spawn": fresh interpreters, safe even when the caller already runs threads (JAX, tfds).
         context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            pending: collections.deque[concurrent.futures.Future] = collections.deque()
+        pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+        pending: collections.deque[concurrent.futures.Future] = collections.deque()
+        try:
             for chunk in chunks:
-                pending.append(pool.submit(_make_chunk, cfg.seed, chunk, cfg.canvas_size))
+                # Workers start inside submit(): with SIGINT blocked, a Ctrl-C cannot hit one mid-start-up.
+                with build_guard.sigint_blocked():
+                    pending.append(pool.submit(_make_chunk, cfg.seed, chunk, cfg.canvas_size))
                 # A bounded window keeps memory flat; results come back in index order.
                 while len(pending) > 3 * workers:
                     yield from pending.popleft().result()
             while pending:
                 yield from pending.popleft().result()
+        finally:
+            # Interrupted (Ctrl-C, generator closed): drop the queued chunks; workers exit after their current one.
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -78,7 +78,8 @@ def hm_decode(heatmaps: jax.Array) -> jax.Array:
     Per map: the flat argmax (first maximum on ties) gives pixel (x, y) = (idx mod W, idx div W), or
     (0, 0) when the maximum is ≤ 0. For a pixel strictly inside the map, x moves by
     0.25·sign(h[y, x+1] − h[y, x−1]) and y by 0.25·sign(h[y+1, x] − h[y−1, x]). The result is
-    normalised, c = (p + 0.5)·2/n − 1. Not differentiable (argmax); jit/vmap safe.
+    normalised, c = (p + 0.5)·2/n − 1. A map holding any NaN or ±inf gives NaN coordinates. Not
+    differentiable (argmax); jit/vmap safe.
 
     Args:
       heatmaps: [..., J, H, W] raw maps, any float dtype.
@@ -106,7 +107,9 @@ def hm_decode(heatmaps: jax.Array) -> jax.Array:
     shift_y = 0.25 * jnp.sign(at(y + 1, x) - at(y - 1, x))
     px = x.astype(jnp.float32) + jnp.where(interior, shift_x, 0.0)
     py = y.astype(jnp.float32) + jnp.where(interior, shift_y, 0.0)
-    return jnp.stack([(px + 0.5) * (2.0 / width) - 1.0, (py + 0.5) * (2.0 / height) - 1.0], axis=-1)
+    coords = jnp.stack([(px + 0.5) * (2.0 / width) - 1.0, (py + 0.5) * (2.0 / height) - 1.0], axis=-1)
+    # A map with a NaN or inf cell has no meaningful argmax: say so instead of a confident corner.
+    return jnp.where(jnp.all(jnp.isfinite(flat), axis=-1)[..., None], coords, jnp.nan)
 
 
 def make_fc(heatmap_hw: int, param_dtype=jnp.float32, name: str = "out_fc") -> nn.Dense:

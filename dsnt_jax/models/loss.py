@@ -8,6 +8,16 @@
   σ = `sigma_t` px, 7×7 window) over all B·J·H·W elements, **without** a joint mask, as the paper's
   code (`nn.functional.mse_loss`); `hm_masked=True` averages over the unmasked joints instead.
 
+Non-finite values (NaN, ±inf): anything that counts propagates, so that the training step's
+finiteness check sees it: a non-finite prediction (coords or heatmaps) of an annotated joint, or a
+non-finite target of an annotated joint, makes the loss non-finite, for every output and regulariser.
+The targets of masked joints (mask = 0) are excluded, whatever they hold: datasets may store NaN for
+unannotated joints, and the loss and its gradients must stay finite then. For dsnt/fc they are replaced
+by 0 before any loss is computed (the joint is masked out anyway; replacing only after would leave
+0·NaN = NaN in the gradients, see `ops.average_loss`); for hm, `hm_encode` draws an all-zero target for
+a non-finite coordinate, like a placeholder off the map. A non-finite prediction of a masked joint is
+excluded from the value like any masked loss; its NaN gradient still reaches the parameters.
+
 Variance units: `ops.variance_reg_losses` works in pixels² (dsntnn). The paper's code computed the
 variance term in normalised units (σ_t converted to 2σ_t/n), and its λ = 100 for 'var' refers to
 those, so 'var' here is normalised: Σ_k (Var_k − (2σ_t/n_k)²)² with Var_k in normalised units², which
@@ -51,6 +61,21 @@ def _reg_losses(heatmaps: jax.Array, target: jax.Array, reg: str, sigma_t: float
     return variance_reg_losses_normalized(heatmaps, sigma_t)
 
 
+def _mask_targets(target_coords: jax.Array, mask: jax.Array) -> jax.Array:
+    """[B, J, 2] targets with those of masked joints (mask == 0) set to 0, so NaN there cannot reach a
+    gradient; annotated joints' targets, NaN or not, are kept. For losses that exclude masked joints."""
+    return jnp.where((mask != 0)[..., None], target_coords, 0.0)
+
+
+def _bad_annotated_target(target_coords: jax.Array, mask: jax.Array) -> jax.Array:
+    """Scalar: NaN if an annotated joint's target is NaN or ±inf, else 0.0 (a term to add to a loss).
+
+    For the hm loss, whose target maps `hm_encode` draws as zeros for non-finite coordinates (a finite
+    loss); a select on [B, J], not on the maps."""
+    bad = (mask != 0) & ~jnp.all(jnp.isfinite(target_coords), axis=-1)
+    return jnp.sum(jnp.where(bad, jnp.nan, 0.0))
+
+
 def _stacks(outputs: dict[str, Any]) -> list[dict[str, jax.Array]]:
     """One dict per supervised output: the hourglass stacks, or the single ResNet output."""
     if "stacks" not in outputs:
@@ -78,6 +103,9 @@ def pose_loss(outputs: dict[str, Any], target_coords: jax.Array, mask: jax.Array
       reg_coeff: λ of paper Eq. 3.
       hm_masked: hm only; average over unmasked joints instead of all elements (not the paper's).
 
+    Non-finite values: see the module docstring (annotated joints propagate NaN/inf to the loss; masked
+    joints' targets may hold anything, NaN included, with a finite loss and finite gradients).
+
     Returns:
       (scalar float32 loss, aux) with aux['per_stack'] [S] the loss of each stack and, summed over
       stacks, aux['euclidean'] and aux['reg'] (unscaled by λ) for dsnt/fc or aux['mse'] for hm.
@@ -88,7 +116,7 @@ def pose_loss(outputs: dict[str, Any], target_coords: jax.Array, mask: jax.Array
         raise ValueError(f"unknown regulariser {reg!r}; choose one of {REGULARIZERS}")
     if output == "hm" and reg != "none":
         raise ValueError("regularisers apply to dsnt/fc outputs; use reg='none' with output='hm'")
-    if isinstance(sigma_t, (int, float)) and sigma_t <= 0:  # traced values cannot be checked
+    if isinstance(sigma_t, (int, float)) and not sigma_t > 0:  # NaN too; traced values cannot be checked
         raise ValueError(f"sigma_t must be positive (heatmap pixels), got {sigma_t}")
     target_coords = jnp.asarray(target_coords, jnp.float32)
     mask = jnp.asarray(mask).astype(jnp.float32)
@@ -101,6 +129,11 @@ def pose_loss(outputs: dict[str, Any], target_coords: jax.Array, mask: jax.Array
         raise ValueError(f"model coords {stacks[-1]['coords'].shape} and target_coords "
                          f"{target_coords.shape} differ in shape")
 
+    if output == "hm":
+        bad_target = _bad_annotated_target(target_coords, mask)
+    else:
+        target_coords = _mask_targets(target_coords, mask)
+
     per_stack, parts = [], []
     for out in stacks:
         heatmaps = out["heatmaps"].astype(jnp.float32)
@@ -111,6 +144,7 @@ def pose_loss(outputs: dict[str, Any], target_coords: jax.Array, mask: jax.Array
                 mse = ops.average_loss(jnp.mean(sq, axis=(-2, -1)), mask)
             else:
                 mse = jnp.mean(sq)
+            mse = mse + bad_target
             per_stack.append(mse)
             parts.append({"mse": mse})
             continue

@@ -47,7 +47,9 @@ def flat_softmax(logits: ArrayLike, *, spatial_ndim: int = 2, temperature: float
 
     Returns:
       ``[..., L, *spatial]`` float32 maps, non-negative, each summing to 1 over its spatial cells.
-      Max-subtracted, so logits of any magnitude are safe.
+      Max-subtracted, so logits of any magnitude are safe. Non-finite logits behave as in dsntnn: a NaN
+      or +inf logit makes its whole map NaN (values and gradients), other maps unaffected; a −inf logit is
+      a cell of probability exactly 0 (finite, unless the whole map is −inf, which is NaN).
     """
     logits = jnp.asarray(logits)
     _check_heatmaps(logits, spatial_ndim, "logits")
@@ -64,7 +66,8 @@ def log_flat_softmax(logits: ArrayLike, *, spatial_ndim: int = 2, temperature: f
       temperature: divides the logits (``> 0``).
 
     Returns:
-      ``[..., L, *spatial]`` float32 log-probabilities.
+      ``[..., L, *spatial]`` float32 log-probabilities. NaN or +inf logits make their map NaN; a −inf logit
+      gives −inf in its own cell only.
     """
     logits = jnp.asarray(logits)
     _check_heatmaps(logits, spatial_ndim, "logits")
@@ -72,12 +75,21 @@ def log_flat_softmax(logits: ArrayLike, *, spatial_ndim: int = 2, temperature: f
     return _log_flat_softmax(logits, jnp.asarray(temperature, jnp.float32), spatial_ndim)
 
 
+def _relu(x: Array) -> Array:
+    """ReLU whose derivative is NaN at NaN: jax.nn.relu's JVP selects 0 there (NaN > 0 is false).
+
+    The select keys on ``x <= 0`` instead, so NaN takes the identity branch (value NaN, derivative 1, which
+    carries the NaN cotangent back); everywhere else, 0 included, value and derivative equal jax.nn.relu's.
+    """
+    return jnp.where(x <= 0, 0.0, x)
+
+
 @functools.partial(jax.jit, static_argnames=("kind", "spatial_ndim"))
 def _heatmap_activation(x: Array, temperature: Array, kind: str, spatial_ndim: int) -> Array:
     if kind == "softmax":
         return _flat_softmax(x, temperature, spatial_ndim)
     x = _float(x) / temperature
-    rectified = {"abs": jnp.abs, "relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid}[kind](x)
+    rectified = {"abs": jnp.abs, "relu": _relu, "sigmoid": jax.nn.sigmoid}[kind](x)
     return rectified / (jnp.sum(rectified, axis=_spatial_axes(x, spatial_ndim), keepdims=True) + _RECTIFIED_NORM_EPS)
 
 
@@ -100,6 +112,11 @@ def heatmap_activation(
 
     Returns:
       ``[..., L, *spatial]`` float32 maps summing to 1 over their spatial cells.
+
+    Non-finite input: NaN anywhere in a map makes the whole map NaN, for every kind, and its gradients carry
+    the NaN back (the cell's own too, for relu). ±inf gives the limits: softmax as :func:`flat_softmax`;
+    abs (±inf) and relu (+inf) put NaN (inf/inf) in that cell and 0 elsewhere, so coordinates are NaN;
+    relu's −inf and sigmoid's ±inf are ordinary saturated cells (0, or 1 before normalising), finite.
     """
     if kind not in _ACTIVATIONS:
         raise ValueError(f"kind must be one of {_ACTIVATIONS}, got {kind!r}")

@@ -112,7 +112,10 @@ def dsnt(heatmaps: ArrayLike, *, normalized_coordinates: bool = True, spatial_nd
       spatial_ndim: number of trailing spatial axes (2 for images, 3 for volumes).
 
     Returns:
-      ``[..., L, spatial_ndim]`` float32 coordinates in (x, y[, z]) order.
+      ``[..., L, spatial_ndim]`` float32 coordinates in (x, y[, z]) order. A NaN cell makes its point's
+      coordinates NaN on every axis; a ±inf cell makes them ±inf, or NaN where inf meets a grid value of 0
+      or an opposite inf (dsntnn gives the same). The op is linear, so its own gradient is the constant grid
+      even then; the NaN comes back through the loss computed from the coordinates.
     """
     heatmaps = jnp.asarray(heatmaps)
     _check_heatmaps(heatmaps, spatial_ndim)
@@ -152,7 +155,8 @@ def heatmap_variance(heatmaps: ArrayLike, *, normalized_coordinates: bool = True
       spatial_ndim: number of trailing spatial axes.
 
     Returns:
-      ``[..., L, spatial_ndim]`` float32 variances in (x, y[, z]) order.
+      ``[..., L, spatial_ndim]`` float32 variances in (x, y[, z]) order. A NaN or ±inf cell makes its point's
+      variances NaN or inf (and their gradients non-finite); other points are unaffected.
     """
     heatmaps = jnp.asarray(heatmaps)
     _check_heatmaps(heatmaps, spatial_ndim)

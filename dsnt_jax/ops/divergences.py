@@ -37,7 +37,10 @@ def _log_eps(x: Array) -> Array:
 # reverse mode costs a few multiplies per cell; left to autodiff, XLA on CPU recomputed the logarithms in
 # several fusions of the backward pass of softmax → JS (≈ 8× slower at 64×64). The rules are the exact
 # derivatives of the ε forms below, so values and gradients equal dsntnn's; forward mode and higher orders
-# keep working because the JVP is itself differentiable.
+# keep working because the JVP is itself differentiable. They contain no select and no guard: a NaN in p or
+# q reaches the value and every coefficient of the point it is in (the target's log-space form included), so
+# NaN propagates exactly as through autodiff. Only a SymbolicZero tangent (an input not differentiated) is
+# skipped, as autodiff skips it: such an input contributes nothing, not 0·NaN.
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
@@ -117,7 +120,8 @@ def kl_divergence(p: ArrayLike, q: ArrayLike, *, spatial_ndim: int = 2) -> Array
       spatial_ndim: number of trailing spatial axes.
 
     Returns:
-      ``[..., L]`` float32 divergences (nats).
+      ``[..., L]`` float32 divergences (nats). NaN in either map makes that point's divergence and its
+      gradients NaN; ±inf gives ±inf or NaN (as dsntnn, the same formula).
     """
     p, q = jnp.asarray(p), jnp.asarray(q)
     _check_divergence_args(p, q, spatial_ndim)
@@ -133,7 +137,8 @@ def js_divergence(p: ArrayLike, q: ArrayLike, *, spatial_ndim: int = 2) -> Array
       spatial_ndim: number of trailing spatial axes.
 
     Returns:
-      ``[..., L]`` float32 divergences in nats (bounded by log 2), symmetric in ``p`` and ``q``.
+      ``[..., L]`` float32 divergences in nats (bounded by log 2 for distributions), symmetric in ``p`` and
+      ``q``. NaN or ±inf in either map makes that point's divergence NaN or inf, with non-finite gradients.
     """
     p, q = jnp.asarray(p), jnp.asarray(q)
     _check_divergence_args(p, q, spatial_ndim)
@@ -211,7 +216,8 @@ def kl_reg_losses(heatmaps: ArrayLike, mu_t: ArrayLike, sigma_t: float | ArrayLi
       sigma_t: target standard deviation in heatmap pixels (the paper uses 1), scalar or ``[..., L]``.
 
     Returns:
-      ``[..., L]`` float32 losses.
+      ``[..., L]`` float32 losses. A NaN or ±inf heatmap cell, or a NaN or ±inf coordinate of ``mu_t`` (whose
+      target map is then NaN, see :func:`make_gauss`), makes that point's loss non-finite, with NaN gradients.
     """
     heatmaps, mu_t = jnp.asarray(heatmaps), jnp.asarray(mu_t)
     _, sigma_t = _check_reg_args(heatmaps, mu_t, sigma_t)
@@ -228,7 +234,9 @@ def js_reg_losses(heatmaps: ArrayLike, mu_t: ArrayLike, sigma_t: float | ArrayLi
 
     Returns:
       ``[..., L]`` float32 losses. The paper's recommended loss is
-      ``average_loss(euclidean_losses(coords, t) + js_reg_losses(heatmaps, t, 1.0), mask)``.
+      ``average_loss(euclidean_losses(coords, t) + js_reg_losses(heatmaps, t, 1.0), mask)``. Non-finite
+      heatmap cells or ``mu_t`` make that point's loss non-finite, with NaN gradients (a NaN ``mu_t`` as
+      dsntnn; for ±inf ``mu_t`` dsntnn compares with an all-zero target instead).
     """
     heatmaps, mu_t = jnp.asarray(heatmaps), jnp.asarray(mu_t)
     _, sigma_t = _check_reg_args(heatmaps, mu_t, sigma_t)
@@ -259,7 +267,7 @@ def variance_reg_losses(heatmaps: ArrayLike, sigma_t: float | ArrayLike, *, spat
       spatial_ndim: number of trailing spatial axes.
 
     Returns:
-      ``[..., L]`` float32 losses.
+      ``[..., L]`` float32 losses. A NaN or ±inf heatmap cell makes that point's loss NaN or inf, as dsntnn.
     """
     heatmaps = jnp.asarray(heatmaps)
     _check_heatmaps(heatmaps, spatial_ndim)

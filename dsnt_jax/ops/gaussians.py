@@ -36,8 +36,13 @@ def _gauss_axes(means: Array, size: tuple[int, ...], sigma: Array, normalize: bo
         grid = normalized_linspace(n, means.dtype)
         two_var = 2.0 * jnp.square(2.0 * sigma / n)  # σ in pixels → normalised units on this axis
         if not normalize:
+            # exp(−(g − ±inf)²) is an all-zero map that a loss would take at face value: make a non-finite
+            # mean NaN instead. Added (not selected) so that its gradient still carries the NaN back to mu.
+            mu = mu + jnp.where(jnp.isfinite(mu), 0.0, jnp.nan)
             factors.append(jnp.exp(-jnp.square(grid - mu) / two_var))
             continue
+        # (A non-finite mean needs no such care here: ±inf clips to an edge g*, where (g − g*)·(±inf) = 0·inf
+        # is NaN, and NaN stays NaN, so the softmax's whole axis is NaN.)
         # Measure the exponent from the grid point nearest the mean, (g−μ)² − (g*−μ)² = (g−g*)(g+g*−2μ):
         # the same softmax, but without subtracting two huge, nearly equal numbers when σ is tiny or the
         # mean is far off the map, which would cost float32 all its digits.
@@ -103,7 +108,10 @@ def make_gauss(
         a mean far outside the map, where dsntnn's maps underflow to zero). If False the peak value is ≤ 1.
 
     Returns:
-      ``[..., L, *size]`` float32 maps.
+      ``[..., L, *size]`` float32 maps. A NaN or ±inf coordinate in a mean makes that point's whole map NaN,
+      and the gradients with respect to that mean NaN too (dsntnn agrees for NaN; for ±inf it draws an
+      all-zero map). A traced NaN ``sigma`` gives NaN; ``sigma = inf`` gives the uniform map, its limit, as
+      dsntnn. Concrete ``sigma`` that is NaN or ≤ 0 is rejected.
     """
     means = jnp.asarray(means)
     _check_coords(means, name="means")

@@ -23,9 +23,10 @@ def _check_pair(actual: Array, target: Array) -> None:
 def _euclidean_losses(actual: Array, target: Array) -> Array:
     sq = jnp.sum(jnp.square(_float(actual) - _float(target)), axis=-1)
     # Double `where`: sqrt's derivative is infinite at 0, so feed it a safe value there and define the
-    # gradient at zero distance as 0 (a subgradient; torch.norm does the same).
-    positive = sq > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+    # gradient at zero distance as 0 (a subgradient; torch.norm does the same). The guard is `sq == 0`, not
+    # `sq > 0`: NaN compares false to both, and must take the sqrt branch so that it reaches the loss.
+    zero = sq == 0
+    return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, sq)))
 
 
 def euclidean_losses(actual: ArrayLike, target: ArrayLike) -> Array:
@@ -36,7 +37,9 @@ def euclidean_losses(actual: ArrayLike, target: ArrayLike) -> Array:
       target: ``[..., L, d]`` target coordinates.
 
     Returns:
-      ``[..., L]`` float32 distances. The gradient at zero distance is exactly 0 (never NaN).
+      ``[..., L]`` float32 distances. The gradient at zero distance is exactly 0 (never NaN). Non-finite
+      inputs propagate as in dsntnn (``torch.norm``): a NaN coordinate gives a NaN distance and NaN
+      gradients for that point, ±inf gives ``inf`` with NaN gradients (inf/inf); other points are unaffected.
     """
     actual, target = jnp.asarray(actual), jnp.asarray(target)
     _check_pair(actual, target)
@@ -58,7 +61,9 @@ def l1_losses(actual: ArrayLike, target: ArrayLike) -> Array:
       target: ``[..., L, d]``.
 
     Returns:
-      ``[..., L]`` float32: ``mean_k |actual_k - target_k|`` (mean, not sum, as dsntnn).
+      ``[..., L]`` float32: ``mean_k |actual_k - target_k|`` (mean, not sum, as dsntnn). NaN gives NaN with
+      NaN gradients (dsntnn's gradient there is 0, since ``torch.sign(nan) = 0``); ±inf gives ``inf`` with
+      the finite slope ±1/d.
     """
     actual, target = jnp.asarray(actual), jnp.asarray(target)
     _check_pair(actual, target)
@@ -78,7 +83,8 @@ def mse_losses(actual: ArrayLike, target: ArrayLike) -> Array:
       target: ``[..., L, d]``.
 
     Returns:
-      ``[..., L]`` float32: ``mean_k (actual_k - target_k)²`` (mean, not sum, as dsntnn).
+      ``[..., L]`` float32: ``mean_k (actual_k - target_k)²`` (mean, not sum, as dsntnn). NaN and ±inf
+      propagate to the value (NaN, inf) and gradient (NaN, ±inf) of their point, as in dsntnn.
     """
     actual, target = jnp.asarray(actual), jnp.asarray(target)
     _check_pair(actual, target)
@@ -91,9 +97,10 @@ def _average_loss(losses: Array, mask: Array | None) -> Array:
     if mask is None:
         return jnp.sum(losses) / max(losses.size, 1)
     mask = mask.astype(losses.dtype)
-    # `where` rather than mask·loss: a masked-out loss that is inf must not turn the sum into NaN.
-    total = jnp.sum(jnp.where(mask != 0, mask * losses, 0.0))
-    return total / jnp.maximum(jnp.sum(mask), 1.0)
+    # Select, then weight: a masked-out loss that is NaN or inf must not reach the sum (mask·loss would give
+    # 0·NaN = NaN), nor the mask's gradient, which is the selected loss. A NaN mask entry is != 0: it stays.
+    kept = jnp.where(mask != 0, losses, 0.0)
+    return jnp.sum(mask * kept) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
 def average_loss(losses: ArrayLike, mask: ArrayLike | None = None) -> Array:
@@ -107,6 +114,20 @@ def average_loss(losses: ArrayLike, mask: ArrayLike | None = None) -> Array:
 
     Returns:
       float32 scalar.
+
+    Non-finite losses: a NaN or ±inf loss of a point that counts (mask ≠ 0, or no mask) makes the average
+    NaN or ±inf, as in dsntnn, so a training loop can detect it. A point with mask = 0 is excluded
+    *entirely*: whatever its loss, even NaN, it adds exactly 0 to the value and receives a zero gradient
+    (and the mask's gradient stays finite). This deliberately differs from dsntnn, whose ``losses * mask``
+    turns a masked NaN into a NaN average: datasets may hold garbage, even NaN, coordinates for
+    unannotated joints, and the paper's training code masks those out; they must not poison the batch.
+    A NaN mask entry is not 0 and poisons the average.
+
+    One limit no reduction can lift: the zero cotangent of a masked point still meets the partial
+    derivatives of the op that produced its loss, and 0·NaN = NaN. If a masked joint's *target* is NaN,
+    ``grad(average_loss(euclidean_losses(pred, target), mask))`` is NaN for that joint's prediction although
+    the value is finite. Replace masked targets by a finite value first, e.g.
+    ``jnp.where(mask[..., None] != 0, target, 0.0)``, as :func:`dsnt_jax.models.pose_loss` does.
     """
     losses = jnp.asarray(losses)
     if mask is not None:
