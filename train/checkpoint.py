@@ -24,6 +24,7 @@ garbage JSON), moving each aside to `WORKDIR/checkpoints-corrupt/` and saying so
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -158,13 +159,45 @@ class Checkpointer:
         """
         template = serialization.to_state_dict(jax.device_get(state_template))
         items = dict(state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore())
-        if data_iter is not None:
+        iterator_files = self._iterator_files(step)
+        own = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        if data_iter is not None and own in iterator_files:
             items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        if data_iter is not None and own not in iterator_files:
+            self._restore_iterator_of_other_hosts(step, iterator_files, data_iter)
         state = serialization.from_state_dict(state_template, restored["state"])
         meta = dict(restored["meta"])
         self._best_on_disk = self._best_pending = meta.get("best_step")
         return state, meta
+
+    def _iterator_files(self, step: int) -> list[str]:
+        folder = os.path.join(self.directory, str(step), "data_iter")
+        return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+    def _restore_iterator_of_other_hosts(self, step: int, files: list[str], data_iter: Any) -> None:
+        """Moves `data_iter` to where a run with another number of processes saved its iterators.
+
+        Each host's iterator counts the batches it has taken (grain's {'next_index': k}); host h of n takes
+        stream positions h, h + n, ... of each global batch (data.pipeline), so after k steps every host of
+        any run is at k, and one host's state serves a run of any size. Worker iterators
+        (--num-workers > 0) record per-worker positions and do not translate.
+        """
+        folder = os.path.join(self.directory, str(step), "data_iter")
+        states = {}
+        for name in files:
+            if name.startswith("process_") and name.endswith(".json"):
+                with open(os.path.join(folder, name), encoding="utf-8") as f:
+                    states[name] = json.load(f)
+        if not states:
+            raise CheckpointError(f"checkpoint {step} in {self.directory} has no data-iterator state")
+        distinct = {json.dumps(v, sort_keys=True) for v in states.values()}
+        if len(distinct) != 1 or set(next(iter(states.values()))) != {"next_index"}:
+            raise CheckpointError(
+                f"checkpoint {step} was written by {len(states)} process(es) with data-loader states that do not "
+                f"carry over to {jax.process_count()} process(es) ({', '.join(sorted(states))}); resume with "
+                f"the original number of processes, or use --num-workers=0 in both runs")
+        data_iter.set_state(next(iter(states.values())))
 
     def restore_newest(self, state_template: Any, data_iter: Any | None = None,
                        log: Callable[[str], None] = print) -> tuple[Any, dict[str, Any]] | None:

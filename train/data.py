@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -72,13 +73,35 @@ def _synthetic_builder(cfg: Config, data_dir: str, log: Callable[[str], None]) -
 
     config = syn_builder.synthetic_config(cfg.synthetic_train, cfg.synthetic_val, syn_builder.DEFAULT_SEED,
                                           cfg.synthetic_canvas)
-    builder = syn_builder.SyntheticPose(config=config, data_dir=data_dir)
-    if not builder.is_prepared():
-        log(f"building the synthetic dataset ({config.num_train} train + {config.num_val} validation people) "
-            f"in {builder.data_path} (once; reused afterwards)")
-        with records.tfds_shuffle_without_tensorflow():
-            builder.download_and_prepare()
-    return builder
+
+    def build_if_missing() -> Any:
+        builder = syn_builder.SyntheticPose(config=config, data_dir=data_dir)
+        if not builder.is_prepared():
+            log(f"building the synthetic dataset ({config.num_train} train + {config.num_val} validation "
+                f"people) in {builder.data_path} (once; reused afterwards)")
+            with records.tfds_shuffle_without_tensorflow():
+                builder.download_and_prepare()
+        return builder
+
+    return first_host_first(build_if_missing, "synthetic dataset built")
+
+
+def first_host_first(fn: Callable[[], Any], name: str) -> Any:
+    """Runs `fn` on the first host, then on the others once it has returned there.
+
+    For first-use work on a shared disk (a dataset build): the first host does it and the others find it
+    done; on hosts without a shared disk each does its own. One process: just `fn()`.
+    """
+    if jax.process_count() == 1:
+        return fn()
+    from jax.experimental import multihost_utils
+
+    if jax.process_index() == 0:
+        result = fn()
+        multihost_utils.sync_global_devices(name)
+        return result
+    multihost_utils.sync_global_devices(name)
+    return fn()
 
 
 def _val_targets(source: Any) -> dict[str, np.ndarray]:

@@ -10,7 +10,7 @@ the run has started, and a step whose loss or parameters are not finite is never
 Every refusal is one line on stderr: exit status 2 for bad input or an unusable workdir, 1 for a non-finite
 step.
 
-Data parallelism: `jax.pmap` over the local devices; with several hosts (the usual environment
+Data parallelism: `jax.pmap` over every device of the run; with several hosts (the usual environment
 variables of `jax.distributed.initialize`: JAX_COORDINATOR_ADDRESS, SLURM, Open MPI) each host reads
 its own shard of every global batch.
 """
@@ -127,6 +127,17 @@ class _Stop:
             signal.signal(sig, previous)
 
 
+class PeerFailure(RuntimeError):
+    """Another process of a multi-host run stopped, so a collective operation of this one failed."""
+
+
+def _peer_failure(err: Exception) -> PeerFailure:
+    text = " ".join(str(err).split())
+    return PeerFailure(f"process {jax.process_index()}: another process of this {jax.process_count()}-process run "
+                       f"stopped ({text[:160]}); rerun the same command on every host to resume from the last "
+                       f"complete checkpoint")
+
+
 class NonFiniteError(RuntimeError):
     """Training produced a non-finite loss or parameters under --on-nonfinite=stop."""
 
@@ -172,8 +183,9 @@ def train(cfg: config_lib.Config) -> int:
 
 
 def _train(cfg: config_lib.Config) -> int:
-    devices = jax.local_devices()
-    n_local, n_global, is_main = len(devices), jax.device_count(), jax.process_index() == 0
+    # pmap takes the same (global) device list on every host; each maps over its own devices among them.
+    devices = jax.devices()
+    n_local, n_global, is_main = jax.local_device_count(), jax.device_count(), jax.process_index() == 0
     log = print if is_main else (lambda *_: None)
     ckpt = Checkpointer(os.path.join(cfg.workdir, "checkpoints"), keep=cfg.keep_checkpoints)
     _check_workdir_config(cfg, bool(ckpt.all_steps()))
@@ -257,6 +269,7 @@ def _train(cfg: config_lib.Config) -> int:
         progress.update(0, loss=means["loss"], lr=means["lr"], img_s=means["images_per_s"])
         pending.clear()
 
+    peer_failed = False
     try:
         while step < total_steps:
             batch = next(train_iter)
@@ -286,13 +299,21 @@ def _train(cfg: config_lib.Config) -> int:
                 progress.write(f"{stop.received}: saved step {step} in {ckpt.directory}; rerun the same "
                                f"command to resume")
                 return 0
+    except jax.errors.JaxRuntimeError as err:
+        if jax.process_count() == 1:
+            raise
+        # The step's collectives (gloo on CPU, NCCL on GPU) fail when a peer dies. Waiting for this host's
+        # pending save would wait on that peer forever: the complete checkpoints are what a relaunch uses.
+        peer_failed = True
+        raise _peer_failure(err) from err
     finally:
         stop.restore()
         if hasattr(train_iter, "close"):  # worker processes of num_workers > 0
             train_iter.close()
         progress.close()
         writer.close()
-        ckpt.close()
+        if not peer_failed:
+            ckpt.close()
     if meta["best_pckh"] is not None:
         log(f"done: {total_steps} steps; best validation PCKh {meta['best_pckh']:.2f} at step "
             f"{meta['best_step']}; checkpoints in {ckpt.directory}")
@@ -314,6 +335,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
+    except PeerFailure as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        # Skip JAX's exit-time shutdown barrier, which would wait for the dead peer's heartbeat to time out and
+        # then abort with a C++ stack trace.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; the last complete checkpoint is kept: rerun the same command to resume",
               file=sys.stderr)

@@ -112,8 +112,9 @@ class Progress:
             self._bar.set_postfix({k: f"{v:.3g}" for k, v in postfix.items()}, refresh=False)
 
     def write(self, text: str) -> None:
-        """Prints above the bar."""
-        self._bar.write(text)
+        """Prints above the bar (nothing on hosts other than the first: tqdm.write ignores `disable`)."""
+        if not self._bar.disable:
+            self._bar.write(text)
 
     def close(self) -> None:
         self._bar.close()

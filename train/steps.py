@@ -43,7 +43,9 @@ def make_train_step(*, output: str, reg: str, sigma: float, reg_coeff: float,
     Args:
       output, reg, sigma, reg_coeff: the loss (`dsnt_jax.models.pose_loss`).
       learning_rate_fn: the optimiser's schedule, to report the rate used by each step.
-      devices: the devices to map over (default: all local devices).
+      devices: the devices to map over, the same list on every process (pmap maps over the devices of this
+        process among them, and its collectives span all of them); default: every device of the run. A
+        list of this process's devices alone, in a multi-process run, would reduce over this host only.
 
     Returns:
       A function of a replicated TrainState and a batch {'image' [D, b, S, S, 3], 'coords' [D, b, J, 2],
@@ -87,7 +89,7 @@ def make_train_step(*, output: str, reg: str, sigma: float, reg_coeff: float,
         return new_state, metrics
 
     pstep = jax.pmap(step, axis_name=AXIS, devices=devices, donate_argnums=(0,))
-    mapped = list(devices) if devices is not None else jax.local_devices()
+    mapped = local_devices(devices)
     if len(mapped) < 2 or mapped[0].platform != "cpu":
         return pstep
 
@@ -148,13 +150,20 @@ def make_eval_step(apply_fn: Callable[..., Any], *, output: str, activation: str
     return jax.pmap(step, axis_name=AXIS, devices=devices)
 
 
-def replicate(tree: Any, devices: Sequence[jax.Device]) -> Any:
+def local_devices(devices: Sequence[jax.Device] | None) -> list[jax.Device]:
+    """This process's devices among `devices` (None: all of this process's devices)."""
+    if devices is None:
+        return jax.local_devices()
+    return [d for d in devices if d.process_index == jax.process_index()]
+
+
+def replicate(tree: Any, devices: Sequence[jax.Device] | None) -> Any:
     """Copies a pytree to every device, with the leading device axis and sharding a pmap output has.
 
     Going through a pmapped identity (rather than `flax.jax_utils.replicate`) gives the arrays exactly
     the sharding the train step returns, so the step compiles once instead of twice.
     """
-    n = len(devices)
+    n = len(local_devices(devices))
     stacked = jax.tree_util.tree_map(lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), tree)
     return jax.pmap(lambda t: t, axis_name=AXIS, devices=devices)(stacked)
 
