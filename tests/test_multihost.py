@@ -114,11 +114,17 @@ def test_a_killed_process_stops_the_other_and_the_relaunch_resumes(tmp_path: Pat
     _assert_same_run(single, tmp_path)
 
 
-def test_a_one_process_checkpoint_resumes_on_two_processes(tmp_path: Path, env_and_data, single) -> None:
+@pytest.mark.parametrize("first", ["one process", "two processes"])
+def test_a_checkpoint_resumes_on_the_other_number_of_processes(tmp_path: Path, env_and_data, single,
+                                                              first: str) -> None:
     env, data_dir = env_and_data
-    tiny_run.run(tiny_run.command(tmp_path, data_dir, epochs=1), env)
-    resumed = _launch(tmp_path, data_dir, env)
-    assert f"resuming from step {tiny_run.STEPS_PER_EPOCH}" in resumed.stdout
+    if first == "one process":
+        tiny_run.run(tiny_run.command(tmp_path, data_dir, epochs=1), env)
+        resumed = _launch(tmp_path, data_dir, env).stdout
+    else:
+        _launch(tmp_path, data_dir, env, epochs=1)
+        resumed = tiny_run.run(tiny_run.command(tmp_path, data_dir, epochs=EPOCHS), env).stdout
+    assert f"resuming from step {tiny_run.STEPS_PER_EPOCH}" in resumed
     _assert_same_run(single, tmp_path)
 
 
