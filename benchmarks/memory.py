@@ -25,8 +25,8 @@ import numpy as np
 
 from dsnt_jax.models import pose_loss
 
-if TYPE_CHECKING:  # benchmarks.inference imports this module: no import back at run time
-    from benchmarks.inference import ModelSpec
+if TYPE_CHECKING:  # benchmarks.common imports jax first; keep this module light at run time
+    from benchmarks.common import ModelSpec
 
 MEMORY_BATCH = 8
 

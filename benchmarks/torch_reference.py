@@ -202,7 +202,9 @@ class TorchPoseModel(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         x = trunk_forward(self.backbone, images)
         # Like dsnt-jax, the head's outputs are float32 whatever the trunk computed in (autocast).
-        logits = self.hm_conv(x).float()
+        # contiguous(): under channels_last the conv returns NHWC strides, and dsntnn's flat_softmax
+        # calls .view(), which fails on them (a no-op for NCHW).
+        logits = self.hm_conv(x).float().contiguous()
         heatmaps = dsntnn.flat_softmax(logits)
         return {"coords": dsntnn.dsnt(heatmaps), "heatmaps": heatmaps, "logits": logits}
 

@@ -1,17 +1,21 @@
-"""benchmarks.inference / benchmarks.train_step smoke runs, benchmarks.memory, and the PyTorch reference
-model's parity."""
+"""Smoke runs of benchmarks.inference / train_step / ops with their PyTorch peers, the GPU suite's part
+handling and summary, benchmarks.memory, and the PyTorch reference model's parity."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
+import os
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import inference, memory, train_step
+from benchmarks import gpu_suite, inference, memory, ops, suite_report, targets, torch_peers, train_step
 from dsnt_jax.models import create_model, pose_loss, state_dict_to_variables
 
 HAS_TORCH = all(importlib.util.find_spec(m) is not None for m in ("torch", "dsntnn"))
@@ -45,25 +49,48 @@ def test_bad_arguments_exit_with_a_message(capsys):
     with pytest.raises(SystemExit):
         train_step.main(["--quick", "--dtypes", "float16"])
     assert "--dtypes" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        inference.main(["--quick", "--torch", "eager,jit"])
+    assert "bad --torch item 'jit'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        inference.main(["--quick", "--batches", "1,0"])
+    assert "--batches" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        gpu_suite.main(["--out", "unused", "--timeouts", "inference=soon"])
+    assert "bad --timeouts item" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------------
-# Quick runs
+# Quick runs (the PyTorch peers' torch.compile uses dynamo's 'eager' backend: inductor compiles for
+# minutes on a 2-core CPU; what inductor adds is checked on the GPU by benchmarks.gpu_suite)
+
+EAGER_COMPILE = ["--torch-compile-backend", "eager"]
 
 
-def test_inference_quick(capsys):
+def test_inference_quick_times_every_batch_and_peer(capsys, tmp_path):
     # Memory is tested below on a smaller network (compiling ResNet-18's backward pass costs ~10 s).
-    rows = inference.main(["--quick", "--torch", "--models", "resnet18@7", "--input-size", "32",
-                           "--repeats", "2", "--warmup", "1", "--memory", "none"])
+    out_json = tmp_path / "inference.json"
+    results = inference.main(["--quick", "--models", "resnet18@7", "--input-size", "32", "--batches",
+                              "1,2", "--repeats", "2", "--warmup", "1", "--memory", "none",
+                              "--torch", "eager,compile", *EAGER_COMPILE, "--json", str(out_json)])
     out = capsys.readouterr().out
-    assert f"device: {jax.devices()[0].platform}" in out
-    assert "method: not measured" in out
-    (row,) = rows
-    assert row["model"] == "resnet18@7" and row["input_size"] == 32 and row["heatmap"] == 1
-    assert row["jax_ms"] > 0 and "jax_mib" not in row
+    assert f"device: {jax.devices()[0].platform}" in out and "memory: none" in out
+    assert json.loads(out_json.read_text()) == json.loads(json.dumps(results))
+    timings = results["timings"]
+    ours = [r for r in timings if r["library"] == "dsnt-jax"]
+    assert [(r["batch"], r["config"]) for r in ours] == [(1, "jit"), (2, "jit")]
+    for r in timings:
+        assert r["model"] == "resnet18@7" and r["input_size"] == 32 and r["heatmap"] == 1
+        assert r["images_per_s"] == pytest.approx(r["batch"] / (r["ms"] / 1e3))
+        assert r["first_call_s"] > 0
+    assert results["memory"] == []
     if HAS_TORCH:
-        assert row["torch_ms"] > 0
-        assert f"ratio resnet18@7: PyTorch eager / dsnt-jax time = {row['speedup']:.2f}×" in out
+        peers = ["eager", "compile[backend=eager]+channels_last"]
+        assert [r["config"] for r in timings if r["library"] == "pytorch"] == peers * 2
+        ratio = results["ratios"][-1]
+        assert ratio["batch"] == 2 and ratio["peer"] == peers[1]
+        assert (f"ratio resnet18@7 float32 batch 2: dsnt-jax jit / torch {peers[1]} speed = "
+                f"{ratio['ratio']:.2f}×") in out
 
 
 def test_compiled_training_memory_counts_weights_gradients_and_activations():
@@ -78,17 +105,71 @@ def test_compiled_training_memory_counts_weights_gradients_and_activations():
     assert used < 64 * 2**20  # and nothing absurd for a 0.1 M-parameter network
 
 
-def test_train_step_quick(capsys):
+def test_train_step_quick_reports_a_peer_that_cannot_compile_and_goes_on(capsys, monkeypatch, tmp_path):
+    real_compile = torch_peers.compile_fn
+
+    def compile_fn(fn, config):  # stands in for inductor failing on one configuration
+        if config.compiled and config.channels_last:
+            raise RuntimeError("no C++ compiler found\nlong traceback text")
+        return real_compile(fn, config)
+
+    monkeypatch.setattr(torch_peers, "compile_fn", compile_fn)
     rows = train_step.main(["--quick", "--input-size", "32", "--steps", "1", "--repeats", "1",
-                            "--warmup", "1"])
+                            "--warmup", "1", "--torch", "eager,compile+nchw,compile", *EAGER_COMPILE,
+                            "--json", str(tmp_path / "step.json")])
     out = capsys.readouterr().out
     assert f"device: {jax.devices()[0].platform}" in out
-    frameworks = [(r["framework"], r["dtype"]) for r in rows]
-    assert ("dsnt-jax", "float32") in frameworks
-    assert all(r["images_per_s"] > 0 and math.isfinite(r["loss"]) for r in rows)
+    assert json.loads((tmp_path / "step.json").read_text())["rows"] == json.loads(json.dumps(rows))
+    ok = [(r["library"], r["config"]) for r in rows if "error" not in r]
+    assert ok[0] == ("dsnt-jax", "train")
+    assert all(r["images_per_s"] > 0 and math.isfinite(r["loss"]) for r in rows if "error" not in r)
     if HAS_TORCH:
-        assert ("pytorch", "float32") in frameworks
-        assert "ratio float32: dsnt-jax / PyTorch eager images/s = " in out
+        assert ok[1:] == [("pytorch", "eager"), ("pytorch", "compile[backend=eager]")]
+        (failed,) = [r for r in rows if "error" in r]
+        assert failed["config"] == "compile[backend=eager]+channels_last"
+        assert failed["error"] == "RuntimeError: no C++ compiler found"
+        lines = [line for line in out.splitlines() if "unavailable" in line]
+        assert len(lines) == 1 and "compile[backend=eager]+channels_last" in lines[0]
+        assert "ratio float32: dsnt-jax train / torch compile[backend=eager] images/s = " in out
+
+
+@needs_torch
+def test_ops_runs_both_libraries_on_one_device_and_survives_a_failed_compile(capsys, tmp_path):
+    rows = ops.main(["--batch", "2", "--points", "2", "--sizes", "4", "--repeats", "2",
+                     "--calls-per-sync", "2", "--torch", "eager,compile", "--torch-compile-backend",
+                     "no-such-backend", "--json", str(tmp_path / "ops.json")])
+    out = capsys.readouterr().out
+    assert [(r["library"], r["config"]) for r in rows] == [
+        ("dsnt-jax", "jit"), ("dsntnn", "eager"), ("dsntnn", "compile[backend=no-such-backend]")]
+    assert {r["device"] for r in rows} == {"cpu"}  # no CUDA here: both on the CPU
+    assert rows[1]["ratio"] == pytest.approx(rows[1]["us"] / rows[0]["us"])
+    assert rows[2]["error"].startswith("InvalidBackend")
+    assert sum("unavailable: InvalidBackend" in line for line in out.splitlines()) == 1
+    assert json.loads((tmp_path / "ops.json").read_text())["settings"]["torch_device"] == "cpu"
+
+
+# ----------------------------------------------------------------------------------------------------
+# PyTorch peer configurations
+
+
+def test_torch_config_grammar_and_labels():
+    parse = torch_peers.parse_torch_configs
+    eager, compiled = parse("eager, compile", compile_mode="reduce-overhead")
+    assert (eager.label, compiled.label) == ("eager", "compile(reduce-overhead)+channels_last")
+    assert compiled.uses_cuda_graphs and not eager.uses_cuda_graphs
+    assert [c.label for c in parse("eager+cl,compile:max-autotune+nchw,compile")] == [
+        "eager+channels_last", "compile(max-autotune)", "compile+channels_last"]
+    assert [c.label for c in parse("eager,compile", channels_last="on")] == [
+        "eager+channels_last", "compile+channels_last"]
+    # Modes are inductor's: another backend gets none, so two modes become one configuration.
+    assert parse("compile", compile_mode="reduce-overhead", backend="eager")[0].label == \
+        "compile[backend=eager]+channels_last"
+    assert parse(None) == parse("none") == []
+    for bad in ("jit", "eager:reduce-overhead", "compile:fast", "compile+nhwc", "eager,eager"):
+        with pytest.raises(ValueError):
+            parse(bad)
+    with pytest.raises(ValueError):
+        parse("compile", compile_mode="fast")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -173,3 +254,159 @@ def test_torch_reference_matches_flax_model():
     fresh = copy_flax_variables(build_torch_model("resnet18", 28), variables)
     for name, tensor in net.state_dict().items():
         np.testing.assert_array_equal(fresh.state_dict()[name].numpy(), tensor.numpy(), err_msg=name)
+
+
+@needs_torch
+def test_torch_reference_runs_channels_last_despite_dsntnn_view():
+    # dsntnn.flat_softmax calls .view(), which fails on channels_last logits unless they are made
+    # contiguous first; the channels_last peers depend on TorchPoseModel doing so.
+    import torch
+
+    from benchmarks.torch_reference import build_torch_model
+
+    torch.manual_seed(0)
+    model = build_torch_model("resnet18", 28).eval()
+    images = np.random.default_rng(0).uniform(0, 1, (1, 64, 64, 3)).astype(np.float32)
+    config = torch_peers.TorchConfig(compiled=False, channels_last=True)
+    with torch.no_grad():
+        nchw = model(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()))["coords"]
+        x = torch_peers.to_device(torch_peers.host_layout(images, config), config, "cpu")
+        assert x.is_contiguous(memory_format=torch.channels_last)
+        cl = torch_peers.prepare_model(model, config, "cpu")(x)["coords"]
+    np.testing.assert_allclose(cl.numpy(), nchw.numpy(), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------
+# GPU suite: parts, timeouts, summary
+
+
+def _gone(pid: int, wait_s: float = 10.0) -> bool:
+    """Whether process `pid` has ended (or is a zombie) within `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(")")[-1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_suite_stops_a_part_and_its_children_past_the_timeout(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_suite, "MIN_PART_S", 0)
+    monkeypatch.setattr(gpu_suite, "KILL_GRACE_S", 3)
+    pid_file = tmp_path / "grandchild"
+    code = ("import subprocess, sys, time\n"
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+            f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+            "print('started', flush=True)\n"
+            "time.sleep(120)\n")
+    env = dict(os.environ)
+    with open(tmp_path / "suite.log", "w") as log:
+        slow = gpu_suite.run_part(gpu_suite.Part("slow", [sys.executable, "-c", code], 8), log, env, 100)
+        failing = gpu_suite.run_part(gpu_suite.Part("failing", [sys.executable, "-c", "exit(3)"], 30), log,
+                                     env, 100)
+        monkeypatch.setattr(gpu_suite, "MIN_PART_S", 20)
+        late = gpu_suite.run_part(gpu_suite.Part("late", [sys.executable, "-c", "pass"], 30), log, env, 10)
+    assert slow["status"].startswith("timeout: stopped after 8 s") and slow["wall_s"] < 30
+    assert _gone(int(pid_file.read_text()))  # the part's own child went with it
+    assert failing["status"] == "failed: exit status 3"
+    assert late["status"].startswith("skipped") and late["returncode"] is None
+    log_text = (tmp_path / "suite.log").read_text()
+    assert "started" in log_text and "===== slow: timeout" in log_text and "===== late" not in log_text
+
+
+def test_suite_child_environment_puts_the_repository_and_wheels_first(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    env = gpu_suite._child_env("/tmp/site")
+    assert env["PYTHONPATH"] == f"{gpu_suite.REPO}:/tmp/site:/elsewhere"
+    assert env["PYTHONUNBUFFERED"] == "1"
+
+
+def _timing(library, config, dtype, ms, batch=1):
+    return {"model": "resnet50@28", "input_size": 224, "dtype": dtype, "batch": batch, "heatmap": 28,
+            "library": library, "config": config, "ms": ms, "ms_spread": 0.01,
+            "images_per_s": batch / ms * 1e3, "first_call_s": 1.0}
+
+
+def _step(library, config, dtype, rate):
+    return {"library": library, "config": config, "dtype": dtype, "images_per_s": rate,
+            "images_per_s_spread": 1.0, "ms_per_step": 32e3 / rate, "loss": 0.5, "warmup_s": 9.0}
+
+
+def test_suite_summary_judges_the_issue_targets(tmp_path):
+    compiled = "compile(reduce-overhead)+channels_last"
+    inference_result = {"settings": {"models": ["resnet50@28"], "input_size": None, "repeats": 100,
+                                     "warmup": 10},
+                        "timings": [_timing("dsnt-jax", "jit", "float32", 0.7),
+                                    _timing("pytorch", "eager", "float32", 3.6),
+                                    _timing("pytorch", compiled, "float32", 0.99),
+                                    _timing("dsnt-jax", "jit", "bfloat16", 0.9),
+                                    {**_timing("pytorch", compiled, "bfloat16", 1.0)}]}
+    failed = inference_result["timings"][-1]  # a peer that failed has an error and no figures
+    for key in ("ms", "ms_spread", "images_per_s", "first_call_s"):
+        del failed[key]
+    failed["error"] = "BackendCompilerFailed: boom"
+    step_result = {"settings": {"model": "resnet50@28", "input_size": 224, "batch": 32, "repeats": 3,
+                                "steps": 20, "warmup": 3},
+                   "rows": [_step("dsnt-jax", "train", "float32", 1500.0),
+                            _step("pytorch", "compile+channels_last", "float32", 1173.0),
+                            _step("dsnt-jax", "train", "bfloat16", 2500.0),
+                            _step("pytorch", "compile+channels_last", "bfloat16", 1365.0)]}
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    records = [{"split": "train", "step": 20, "epoch": 0, "loss": 1.0, "images_per_s": 50.0},
+               {"split": "train", "step": 40, "epoch": 0, "loss": 0.9, "images_per_s": 2400.0},
+               {"split": "val", "step": 187, "epoch": 1, "total": 33.1},
+               {"split": "train", "step": 200, "epoch": 1, "loss": 0.5, "images_per_s": 2450.0},
+               {"split": "val", "step": 374, "epoch": 2, "total": 53.0}]
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 4')
+    run = suite_report.train_run_result(str(workdir))  # the cut last line (a killed run) is skipped
+    assert run["images_per_s"] == 2425.0 and [p["total"] for p in run["pckh"]] == [33.1, 53.0]
+    parts = {"inference": {"result": inference_result}, "train_step": {"result": step_result},
+             "train": {"result": run}}
+
+    lines = suite_report.verdicts(parts, "gpu", "bfloat16")
+    expected = ["inference resnet50@28 batch 1 float32: dsnt-jax 0.700 ms → ≤ 0.8 ms met",
+                f"  1.41× torch {compiled} (0.990 ms) → ≥ 1.2× met",
+                "  bfloat16 0.900 ms vs float32 0.700 ms → bfloat16 never slower NOT met",
+                "train step resnet50@28 batch 32 float32: dsnt-jax 1500.0 images/s",
+                "  1.28× torch compile+channels_last (1173.0 images/s) → ≥ 1.3× NOT met",
+                "train step resnet50@28 batch 32 bfloat16: dsnt-jax 2500.0 images/s",
+                "  ≥ 2,400 images/s met",
+                "  1.83× torch compile+channels_last (1365.0 images/s) → ≥ 1.5× met",
+                "train.main 2425.0 images/s = 97.0 % of the step's 2500.0 → ≥ 95 % met"]
+    assert lines == expected
+    assert all("no verdict" in line for line in suite_report.verdicts(parts, "cpu", "bfloat16")
+               if not line.startswith("  "))
+    assert targets.inference_ratios(inference_result["timings"])[1]["ratio"] == pytest.approx(0.99 / 0.7)
+
+    summary = {"suite": {"command": ["python", "-m", "benchmarks.gpu_suite"], "quick": False,
+                         "deadline_s": 480, "wall_s": 400.0, "note": ""},
+               "environment": {"jax_platform": "gpu", "jax_device": "NVIDIA H200", "jax_device_count": 1,
+                               "jax": "0.11.2", "host": "x86_64", "date": "today", "torch": "2.11"},
+               "parts": [{"name": n, "status": "ok", "wall_s": 1.0, "timeout_s": 9.0,
+                          "command": ["python", "-m", "train.main"], **parts.get(n, {})}
+                         for n in ("env", "inference", "train_step", "train")],
+               "verdicts": lines}
+    markdown = suite_report.render_markdown(summary)
+    for text in ("jax 0.11.2", "gpu (NVIDIA H200)", "| resnet50@28 | float32 | 1 | dsnt-jax | jit | "
+                 "0.700 ± 0.010 | 1428.6 | 1.0 |", "unavailable: BackendCompilerFailed: boom",
+                 f"dsnt-jax jit / torch {compiled} speed **1.41×**", "33.1 → 53.0", expected[-1]):
+        assert text in markdown, text
+
+
+def test_gpu_suite_quick_writes_three_files(tmp_path):
+    out = tmp_path / "out"
+    summary = gpu_suite.main(["--quick", "--out", str(out), "--scratch", str(tmp_path / "scratch"),
+                              "--parts", "ops", "--ops-args=--sizes=4 --batch=2 --points=2 --repeats=2"])
+    assert sorted(os.listdir(out)) == ["suite.log", "summary.json", "summary.md"]
+    assert [(p["name"], p["status"]) for p in summary["parts"]] == [("env", "ok"), ("ops", "ok")]
+    assert summary["environment"]["jax"] == jax.__version__
+    assert json.loads((out / "summary.json").read_text())["verdicts"] == summary["verdicts"]
+    markdown = (out / "summary.md").read_text()
+    assert f"jax {jax.__version__}" in markdown and "## DSNTr loss forward + backward" in markdown
+    if HAS_TORCH:
+        assert "'eager' dynamo backend" in markdown and "| 4² | dsntnn | compile[backend=eager] |" in markdown
