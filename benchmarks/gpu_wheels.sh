@@ -3,7 +3,7 @@
 # CUDA, no package registry) lacks for the GPU suite and the training run, into DIR (default .whl, which
 # git ignores). Run it on a machine with a registry, then carry DIR to the GPU machine and pass it to
 #   python3 -m benchmarks.gpu_suite --wheels DIR --out "$OUT"
-# which installs them (no index, no dependencies) for its parts. The set is shared/notes/gpu.md's
+# which installs them (no index, no dependencies) for its parts. The set is docs/gpu.md §2's
 # (about 11 MB); promise and dsntnn ship no wheel and are built here (pure Python).
 #
 #   bash benchmarks/gpu_wheels.sh [DIR] [PYTHON_VERSION]

@@ -28,7 +28,7 @@ from data.pipeline import make_train_loader
 
 
 def synthetic_records(num: int, canvas_size: int, *, encode: bool, seed: int = 0) -> list[dict]:
-    """Random person records (record-schema.md) with smooth canvases, optionally JPEG-encoded (quality 95)."""
+    """Random person records (docs/records.md §2) with smooth canvases, optionally JPEG-encoded (quality 95)."""
     rng = np.random.default_rng(seed)
     records = []
     for _ in tqdm(range(num), desc="synthetic records", leave=False):

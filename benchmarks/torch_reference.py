@@ -9,7 +9,7 @@ The trunk is torchvision's `resnetNN(weights=None)` when torchvision is importab
 self-contained copy below with torchvision's module and parameter names, so state dicts are
 interchangeable either way (`copy_flax_variables` loads a dsnt-jax model's weights).
 
-Dilation (paper-recipe §1), applied to the built network, **not** torchvision's
+Dilation (docs/paper-recipe.md §1), applied to the built network, **not** torchvision's
 `replace_stride_with_dilation`: in the last `dilate` of [layer2, layer3, layer4], the i-th (i = 0, 1, 2)
 with d = 2^(i+1), every Conv2d of stride 2 gets stride 1 (and keeps dilation 1), every other 3×3 conv
 gets dilation d and padding d.

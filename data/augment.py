@@ -1,6 +1,6 @@
 """Crop, augmentation and normalisation of one person record (pure numpy/OpenCV, no JAX).
 
-Geometry follows anibali/dsnt-pose2d (paper-recipe.md §5-6). A record's canvas (see record-schema.md) is a
+Geometry follows anibali/dsnt-pose2d (docs/paper-recipe.md §5-6). A record's canvas (docs/records.md §3) is a
 C x C image whose centre square of side B = 2C/3 is the person box. For augmentation parameters (s, r, flip)
 the paper's code flips the canvas, rotates it by r degrees counter-clockwise about its centre, crops the
 centre square of side B*s (s > 1 zooms out) and resizes it to the output size S. With box-normalised joint
@@ -8,7 +8,7 @@ coordinates u (+-1 = box edges) the output coordinates are
 
     o = R(r) F u / s,    R(r) = [[cos r, sin r], [-sin r, cos r]] (y down),    F = diag(-1, 1) if flipped.
 
-``o`` uses the DSNT convention (dsnt-conventions.md §1): o = (2 q + 1) / S - 1 for the 0-based pixel-centre
+``o`` uses the DSNT convention (docs/conventions.md §1): o = (2 q + 1) / S - 1 for the 0-based pixel-centre
 coordinate q of the output crop, so +-1 are the crop's outer edges.
 
 Here the whole geometric chain is one affine map, applied once to the image (``cv2.warpAffine``) and
@@ -64,7 +64,7 @@ class InputSpec:
     mean_rgb: tuple[float, float, float] | None = None
 
 
-# ResNet: 224 px in [0, 1] without normalisation; hourglass: 256 px minus the MPII mean (paper-recipe §1, §3).
+# ResNet: 224 px in [0, 1] without normalisation; hourglass: 256 px minus the MPII mean (docs/paper-recipe.md §1, §3).
 RESNET_INPUT = InputSpec(224, None)
 HOURGLASS_INPUT = InputSpec(256, MPII_MEAN_RGB)
 
@@ -167,7 +167,7 @@ def _warp(canvas: np.ndarray, to_canvas: np.ndarray, size: int) -> np.ndarray:
 def _check_record(record: Mapping[str, Any]) -> None:
     missing = [k for k in ("image", "joints", "annotated", "canvas_to_image") if k not in record]
     if missing:
-        raise ValueError(f"record is missing {missing}; records must follow record-schema.md")
+        raise ValueError(f"record is missing {missing}; records must follow docs/records.md §2")
     if np.shape(record["joints"]) != (NUM_JOINTS, 2) or np.shape(record["annotated"]) != (NUM_JOINTS,):
         raise ValueError(f"record 'joints' must be [{NUM_JOINTS}, 2] and 'annotated' [{NUM_JOINTS}]; got "
                          f"{np.shape(record['joints'])} and {np.shape(record['annotated'])}")
@@ -180,7 +180,7 @@ def augment(record: Mapping[str, Any], params: AugmentParams, *, out_size: int,
     """Crops, augments and normalises one person record.
 
     Args:
-        record: a person record (record-schema.md): ``image`` RGB uint8 canvas [C, C, 3] or its JPEG bytes,
+        record: a person record (docs/records.md §2): ``image`` RGB uint8 canvas [C, C, 3] or its JPEG bytes,
             ``joints`` [16, 2] image frame, ``annotated`` bool [16], ``canvas_to_image`` [2, 3].
         params: augmentation parameters (``IDENTITY`` for none).
         out_size: output side S in px (224 ResNet, 256 hourglass).
@@ -243,7 +243,7 @@ def normalized_to_image_points(coords: np.ndarray, normalized_to_image: np.ndarr
     return np.einsum("...ij,...kj->...ki", affine[..., :2], coords) + affine[..., None, :, 2]
 
 
-# Flip test-time augmentation (paper-recipe §8). Written with plain indexing so that numpy and jax.numpy
+# Flip test-time augmentation (docs/paper-recipe.md §8). Written with plain indexing so that numpy and jax.numpy
 # arrays both work (also under jit).
 _FLIP_INDEX = np.asarray(FLIP_PERMUTATION)
 

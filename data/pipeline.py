@@ -1,6 +1,6 @@
 """grain input pipelines: random-access person records -> crop/augment -> static-shape batches.
 
-Sources are random-access collections of person records (record-schema.md): a tfds data source
+Sources are random-access collections of person records (docs/records.md): a tfds data source
 (``tfds.data_source(name, split=..., data_dir=...)``, no TensorFlow needed), or anything with ``__len__`` and
 ``__getitem__`` (an in-memory list in the tests). Pipelines use grain's dataset API (``grain.MapDataset``):
 

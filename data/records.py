@@ -1,5 +1,7 @@
 """Per-person record schema shared by every dataset in ``data/`` (MPII and synthetic), and the canvas crop.
 
+The schema is documented feature by feature in docs/records.md.
+
 Public API::
 
     features(canvas_size: int) -> tfds.features.FeaturesDict
@@ -15,7 +17,7 @@ Public API::
                 image_size, image_name, annolist_index, person_index) -> dict
     tfds_shuffle_without_tensorflow() -> ContextManager   # wrap download_and_prepare of any split > 1 GB
 
-Coordinate frames (see the schema):
+Coordinate frames (docs/records.md §3 and docs/conventions.md §4):
 * image frame: MPII's 1-based frame; the centre of numpy pixel [row r, col c] is (x, y) = (c + 1, r + 1).
 * canvas frame: 0-based pixel centres; the centre of canvas pixel [row r, col c] is (u, v) = (c, r).
 * ``canvas_to_image`` is the affine A [2, 3] with [x, y]^T = A [u, v, 1]^T.

@@ -68,7 +68,7 @@ class FakeImage:
 
 
 def _real_person() -> FakePerson:
-    # 015601864.jpg person 0 (mpii.md "Real values"), points in stored order.
+    # 015601864.jpg person 0 (docs/records.md §8), points in stored order.
     ids = [6, 7, 8, 9, 0, 1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 15]
     xyv = [(610, 187, 0), (647, 176, 1), (637.0201, 189.8183, None), (695.9799, 108.1817, None),
            (620, 394, 1), (616, 269, 1), (573, 185, 1), (647, 188, 0), (661, 221, 1), (656, 231, 1),

@@ -87,10 +87,10 @@ def test_dot_from_jpeg_bytes():
 
 
 def test_coords_follow_the_papers_formula():
-    """o = R(r) F u / s with u the box-normalised joint, R = [[cos, sin], [-sin, cos]] (paper-recipe §5)."""
+    """o = R(r) F u / s with u the box-normalised joint, R = [[cos, sin], [-sin, cos]] (docs/paper-recipe.md §5)."""
     rng = np.random.default_rng(1)
     joints = rng.uniform(0, CANVAS - 1, size=(NUM_JOINTS, 2))
-    u = (2 * (joints - CANVAS / 6) + 1) / BOX - 1  # record-schema: box = canvas px [C/6, 5C/6).
+    u = (2 * (joints - CANVAS / 6) + 1) / BOX - 1  # docs/records.md §3: box = canvas px [C/6, 5C/6).
     canvas = np.zeros((CANVAS, CANVAS, 3), np.uint8)
     for _ in range(10):
         params = random_params(rng)

@@ -163,7 +163,7 @@ def test_hourglass_shapes_and_params(arch):
 
 
 def test_resnet_dilation_rule_matches_the_paper_table():
-    # (stride, dilation) of layer1..4 for dilate 0..3 (paper-recipe §1 table).
+    # (stride, dilation) of layer1..4 for dilate 0..3 (docs/paper-recipe.md §1 table).
     assert stage_plan(4, 0) == [(1, 1), (2, 1), (2, 1), (2, 1)]
     assert stage_plan(4, 1) == [(1, 1), (2, 1), (2, 1), (1, 2)]
     assert stage_plan(4, 2) == [(1, 1), (2, 1), (1, 2), (1, 4)]

@@ -81,7 +81,8 @@ def test_real_annorects_match_float_ground_truth(real):
     np.testing.assert_array_equal(gt["jnt_missing"].T == 1, ~annotated)
     err = np.abs(pos - joints).max(-1)
     bad = annotated & (err > 1e-3)
-    # The bearpaw copy zeroes one coordinate of 13 annotated joints (mpii.md §7); every other joint agrees.
+    # The bearpaw copy zeroes one coordinate of 13 annotated joints (docs/paper-recipe.md §11, evaluation files);
+    # every other joint agrees.
     assert bad.sum() == 13
     assert np.all((pos[bad] == 0).any(-1))
     assert err[annotated & ~bad].max() < 1e-3

@@ -1,4 +1,4 @@
-"""Numerical robustness of dsnt_jax.ops: gradients, properties, the traps of dsnt-conventions.md §3, bad input."""
+"""Numerical robustness of dsnt_jax.ops: gradients, properties, the traps of docs/conventions.md §3, bad input."""
 
 import functools
 
@@ -92,7 +92,7 @@ class GradientCheckTest(parameterized.TestCase):
 
 
 class NoNaNTest(parameterized.TestCase):
-    """The traps of dsnt-conventions.md §3: values and gradients stay finite."""
+    """The traps of docs/conventions.md §3: values and gradients stay finite."""
 
     def test_zero_distance(self):
         c = jnp.array([[[0.25, -0.5], [0.0, 0.0]]])

@@ -81,7 +81,7 @@ def test_training_loss_value_and_gradient_float64(x64, shape, reg):
 @pytest.mark.parametrize("shape", [(4, 16, 28, 28), (2, 5, 9, 13)])
 @pytest.mark.parametrize("reg", ["js", "kl", "var"])
 def test_training_loss_float32(shape, reg):
-    # Float32 against float32: tolerances of dsnt-conventions.md §3 (the two libraries round differently).
+    # Float32 against float32: tolerances of docs/conventions.md §3 (the two libraries round differently).
     logits, target, mask = _inputs(shape, seed=7, dtype=np.float32)
     (loss, coords), grad = jax.value_and_grad(jax_loss, has_aux=True)(
         jnp.asarray(logits), jnp.asarray(target), jnp.asarray(mask), reg, 1.0

@@ -399,12 +399,12 @@ def _score(preds, ann):
 def test_real_annotation_files_agree(real_annotations):
     mat, h5 = real_annotations["mat"], real_annotations["h5"]
     assert mat.num_persons == h5.num_persons == 2958
-    # Both masks give the release's 44240 annotated joints (notes/mpii.md §7).
+    # Both masks give the release's 44240 annotated joints (docs/paper-recipe.md §11, evaluation files).
     assert mat.annotated.sum() == 44240
     np.testing.assert_array_equal(mat.annotated, h5.annotated)
     np.testing.assert_allclose(mat.head_sizes, h5.head_sizes, atol=1e-3)
     # valid.h5 holds the truncated coordinates of the same joints, except where bearpaw's copy zeroed a
-    # coordinate of 13 annotated joints (notes/mpii.md §7).
+    # coordinate of 13 annotated joints (docs/paper-recipe.md §11).
     far = (np.abs(mat.joints - h5.joints).max(axis=-1) >= 1.0 + 1e-3) & mat.annotated
     assert far.sum() == 13
     assert (mat.joints[far] == 0).any(axis=-1).all()

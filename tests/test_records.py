@@ -143,7 +143,7 @@ def _record(canvas_size=96, **overrides):
 
 def test_make_record_fields():
     rec = _record()
-    # 015601864.jpg person 0: head size 0.6 * ||(79, 98)|| (mpii.md "Real values").
+    # 015601864.jpg person 0: head size 0.6 * ||(79, 98)|| (docs/records.md §8).
     assert rec["head_size"] == pytest.approx(75.52615441, abs=1e-5)
     assert rec["joints"].dtype == np.float32 and rec["joints"].shape == (16, 2)
     assert np.all(rec["joints"][[4, 5]] == 0) and rec["joints"][0, 0] == 0.5

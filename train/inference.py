@@ -151,7 +151,7 @@ class PoseEstimator:
           workdir: the training run's directory (holds config.json and checkpoints/).
           step: 'best' (highest validation PCKh; an error if the run was never validated or that checkpoint
             is gone), 'latest', or a step number.
-          flip_test: average the predictions of each image and its mirror (paper-recipe §8).
+          flip_test: average the predictions of each image and its mirror (docs/paper-recipe.md §8).
         """
         workdir = os.fspath(workdir)
         config_path = os.path.join(workdir, config_lib.CONFIG_FILE)

@@ -127,7 +127,7 @@ def predict_coords(apply_fn: Callable[..., Any], variables: Any, images: jax.Arr
                    activation: str, flip_test: bool) -> jax.Array:
     """Inference-mode coordinates [B, J, 2] (normalised) of images [B, S, S, 3].
 
-    With `flip_test` (paper-recipe §8) the images and their mirrors run as one batch; the mirrored raw
+    With `flip_test` (docs/paper-recipe.md §8) the images and their mirrors run as one batch; the mirrored raw
     logits of the last stack are flipped back and their left/right channels swapped, the two logit maps
     averaged, and only then activated and decoded.
     """

@@ -5,7 +5,7 @@ with (seed, index), and OpenCV only draws on uint8 images. (Geometry goes throug
 then rounded to 1/16 px, so two machines whose libm differ in the last bit could, in principle, differ in a
 pixel; in practice the output depends only on the numpy/OpenCV versions.)
 
-The annotations follow the MPII release conventions (see /work/shared/notes/mpii.md and the record schema):
+The annotations follow the MPII release conventions (docs/records.md §3 and §6):
 joints in the 1-based image frame (numpy pixel [r, c] is centred at (c + 1, r + 1)); joints outside the image
 are not annotated; ``visible`` is False where a nearer part of the body (or a foreground object) covers the
 joint; the head box is axis-aligned around the head with MPII's proportions (head size 0.6 * diagonal = 0.75 *

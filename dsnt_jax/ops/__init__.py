@@ -11,6 +11,9 @@ Conventions (those of the paper and of the PyTorch library ``dsntnn`` 0.5.3, so 
 * Everything is computed in at least float32: bfloat16/float16 inputs are cast up, results come back float32
   (float64 stays float64 when x64 is enabled).
 
+The conventions in full, other libraries' conventions, the numerical traps the ops avoid and every deliberate
+difference from dsntnn: docs/conventions.md (§1 coordinates, §2 layouts and units, §3 traps, §5 differences).
+
 Every public function validates shapes (and concrete hyper-parameters) in Python and raises one ``ValueError``
 naming the expected shape, then calls a jit-compiled implementation. Inside a user's own ``jit`` the shape checks
 still run at trace time; value checks on traced hyper-parameters are skipped.
