@@ -88,7 +88,31 @@ def test_cpu_grids_keep_the_strides_and_scale_the_samples() -> None:
         assert not c.augment and c.train_samples in E.CPU_SAMPLES and c.res == 28
         steps = c.epochs * -(-c.train_samples // c.batch_size)
         assert E.CPU_FIG11_STEPS <= steps < E.CPU_FIG11_STEPS + c.train_samples // c.batch_size + 1
-        assert all(0 < m < c.epochs for m in c.lr_milestones)
+        # Every run drops its lr once, at 3/4 of its epochs (a 2-epoch run would get no drop at all).
+        assert c.lr_milestones == (c.epochs * 3 // 4,) and c.epochs % 4 == 0
+
+
+def test_cpu_hm_runs_use_the_larger_target_and_full_keeps_the_papers() -> None:
+    """Issue #14: on CPU the HM runs draw their targets with peak CPU_HM_AMPLITUDE; --full and every other
+    run keep 1; an explicit amplitude reaches the HM runs only."""
+    for name in ("fig7", "fig11"):
+        for run in E.build_experiment(name).runs:
+            expected = E.CPU_HM_AMPLITUDE if run.config.output == "hm" else 1.0
+            assert run.config.hm_amplitude == expected, run.name
+        assert {r.config.hm_amplitude for r in E.build_experiment(name, full=True).runs} == {1.0}
+        explicit = E.build_experiment(name, full=True, overrides={"hm_amplitude": 5.0}).runs
+        assert {(r.config.output == "hm", r.config.hm_amplitude) for r in explicit} == {(True, 5.0), (False, 1.0)}
+    assert E.CPU_HM_AMPLITUDE > 1.0
+    paper = E.build_experiment("fig7", overrides={"hm_amplitude": 1.0}).runs
+    assert {r.config.hm_amplitude for r in paper} == {1.0}
+
+
+def test_hm_amplitude_flag_and_grid_listing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert E.main(["fig7", "--dry-run", "--workdir", str(tmp_path), "--only", "hm-56,dsnt-56"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert f"amp={E.CPU_HM_AMPLITUDE:g}" in lines[1] and "amp=" not in lines[2]
+    assert E.main(["fig7", "--dry-run", "--workdir", str(tmp_path), "--only", "hm-56", "--hm-amplitude=1"]) == 0
+    assert "amp=1 " in capsys.readouterr().out
 
 
 def test_epochs_and_overrides_reach_every_run() -> None:
@@ -115,12 +139,12 @@ def test_select_runs() -> None:
 
 
 def test_dry_run_prints_the_grid_and_trains_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert E.main(["fig11", "--dry-run", "--workdir", str(tmp_path), "--only", "fc-n512,hm-n4096"]) == 0
+    assert E.main(["fig11", "--dry-run", "--workdir", str(tmp_path), "--only", "fc-n256,hm-n2048"]) == 0
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
     assert len(lines) == 3 and "2 run(s)" in lines[0]
-    assert lines[1].split()[0] == "fc-n512" and "out=fc" in lines[1] and "n=512" in lines[1]
-    assert lines[2].split()[0] == "hm-n4096" and "aug=False" in lines[2]
+    assert lines[1].split()[0] == "fc-n256" and "out=fc" in lines[1] and "n=256" in lines[1]
+    assert lines[2].split()[0] == "hm-n2048" and "aug=False" in lines[2]
     assert list(tmp_path.iterdir()) == []
     assert E.main(["fig7", "--dry-run", "--full", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -160,6 +184,8 @@ def test_collect_writes_csv_plot_and_table(tmp_path: Path) -> None:
         table = list(csv.DictReader(f))
     assert [r["run"] for r in table] == [r.name for r in exp.runs]
     assert tuple(table[0]) == R.CSV_COLUMNS
+    assert {(r["series"], r["hm_amplitude"]) for r in table if r["series"] in ("HM", "FC")} == {
+        ("HM", str(E.CPU_HM_AMPLITUDE)), ("FC", "")}
     for r in table:
         if r["run"] == "fc-56":
             assert (r["total"], r["done"], r["series"], r["x"]) == ("", "False", "FC", "24")

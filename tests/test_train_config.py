@@ -79,6 +79,12 @@ def test_preset_values_and_overrides() -> None:
     (["--backbone=hg1", "--pretrained=x.pth"], "--pretrained loads torchvision ResNet weights"),
     (["--backbone=resnet20"], "invalid choice"),
     (["--cache-mb=-1"], "--cache-mb must be >= 0"),
+    (["--hm-amplitude=10"], "--hm-amplitude applies to --output=hm only"),
+    (["--preset=fig7-r34-56-fc", "--hm-amplitude=10"], "--hm-amplitude applies to --output=hm only"),
+    (["--output=hm", "--hm-amplitude=0"], "--hm-amplitude must be a finite number > 0"),
+    (["--output=hm", "--hm-amplitude=-1"], "--hm-amplitude must be a finite number > 0"),
+    (["--output=hm", "--hm-amplitude=nan"], "--hm-amplitude must be a finite number > 0"),
+    (["--output=hm", "--hm-amplitude=inf"], "--hm-amplitude must be a finite number > 0"),
 ])
 def test_impossible_combinations_fail_with_one_line(argv: list[str], message: str, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
@@ -183,3 +189,15 @@ def test_flip_test_validation_scores_both_protocols(tmp_path, capsys) -> None:
         result, _, _ = evaluate.evaluate_checkpoint(cfg.workdir, flip=flip)
         summary = result.summary()
         np.testing.assert_allclose([logged[split][k] for k in ("total", "auc")], [summary["total"], summary["auc"]])
+
+
+def test_hm_amplitude_is_the_papers_unless_set() -> None:
+    """Every preset keeps the paper's HM target (peak 1); --hm-amplitude sets the peak of HM runs."""
+    assert C.Config.hm_amplitude == 1.0
+    assert all(C.resolve({"preset": name}).hm_amplitude == 1.0 for name in C.PRESETS)
+    cfg = C.parse_args(["--preset=fig7-r34-56-hm", "--hm-amplitude=10"])
+    assert (cfg.output, cfg.hm_amplitude) == ("hm", 10.0)
+    assert C.Config.from_json(cfg.to_json()) == cfg
+    # config.json files written before the option existed read as the paper's amplitude.
+    old = cfg.to_json().replace('"hm_amplitude": 10.0,', "")
+    assert "hm_amplitude" not in old and C.Config.from_json(old).hm_amplitude == 1.0

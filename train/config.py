@@ -6,7 +6,7 @@ of overrides (one per configuration the paper trained, plus `synthetic-cpu`, the
 `python -m train.main --backbone=resnet50 --res=28` trains ResNet-50 @ 28 px DSNTr on MPII (RMSProp
 2.5e-4, ×0.1 at epochs 60 and 90, 120 epochs, batch 32).
 
-Defaults that depend on other settings (paper-recipe §4): `reg` is 'js' (DSNTr) for output 'dsnt' and
+Defaults that depend on other settings (docs/paper-recipe.md §4): `reg` is 'js' (DSNTr) for output 'dsnt' and
 'none' otherwise; the batch size is 32, except 6 for hourglasses, 24 for ResNet-101 @ 28 px and 12 for
 ResNet-50 @ 56 px; `res` is 28 for ResNets; the input side is 224 (ResNet) or 256 (hourglass).
 """
@@ -47,6 +47,7 @@ class Config:
     reg: str = "js"
     sigma: float = 1.0
     reg_coeff: float = 1.0
+    hm_amplitude: float = 1.0
     activation: str = "softmax"
     dataset: str = "mpii"
     data_dir: str | None = None
@@ -111,7 +112,7 @@ def default_batch_size(backbone: str, res: int | None) -> int:
 
 
 def _paper_presets() -> dict[str, dict[str, Any]]:
-    """One preset per configuration the paper trained (paper-recipe §9)."""
+    """One preset per configuration the paper trained (docs/paper-recipe.md §9)."""
     out_strats = {"hm": dict(output="hm", reg="none"), "fc": dict(output="fc", reg="none"),
                   "dsnt": dict(output="dsnt", reg="none"), "dsntr": dict(output="dsnt", reg="js")}
     r34 = dict(backbone="resnet34", res=28)
@@ -195,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--reg", choices=REGULARIZERS, help="heatmap regulariser (default js for dsnt = DSNTr, else none)")
     a("--sigma", type=float, help="regulariser / HM target σ in heatmap pixels (default 1)")
     a("--reg-coeff", type=float, help="regulariser weight λ (default 1; var: normalised units)")
+    a("--hm-amplitude", type=float, help="HM only: peak of the target Gaussian (default 1, the paper's; not in "
+                                         "the paper: short runs need a larger one to leave the all-zero "
+                                         "heatmap, see dsnt_jax/models/loss.py)")
     a("--activation", choices=ACTIVATIONS, help="heatmap activation (default softmax)")
     a("--dataset", choices=DATASETS, help="mpii (built with python -m data.prepare) or synthetic")
     a("--data-dir", help="tfds data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
@@ -276,6 +280,8 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--reg must be one of {', '.join(REGULARIZERS)}, got {cfg.reg!r}")
     if cfg.output == "hm" and cfg.reg != "none":
         raise ValueError("--reg applies to dsnt/fc outputs; use --reg=none with --output=hm")
+    if cfg.output != "hm" and cfg.hm_amplitude != 1.0:
+        raise ValueError(f"--hm-amplitude applies to --output=hm only (got --output={cfg.output})")
     if cfg.activation not in ACTIVATIONS:
         raise ValueError(f"--activation must be one of {', '.join(ACTIVATIONS)}, got {cfg.activation!r}")
     if cfg.dataset not in DATASETS:
@@ -287,7 +293,8 @@ def validate(cfg: Config) -> None:
     for name, value in positive.items():
         if not (isinstance(value, int) and value >= 1):
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-    reals = dict(lr=cfg.lr, sigma=cfg.sigma, reg_coeff=cfg.reg_coeff, lr_gamma=cfg.lr_gamma)
+    reals = dict(lr=cfg.lr, sigma=cfg.sigma, reg_coeff=cfg.reg_coeff, lr_gamma=cfg.lr_gamma,
+                 hm_amplitude=cfg.hm_amplitude)
     for name, value in reals.items():
         if not math.isfinite(value) or value < 0 or (value == 0 and name != "reg_coeff"):
             bound = ">= 0" if name == "reg_coeff" else "> 0"

@@ -23,8 +23,8 @@ if TYPE_CHECKING:  # train.experiments imports this module: no import back at ru
     from train.experiments import Experiment, Run
 
 CSV_COLUMNS: tuple[str, ...] = (
-    "experiment", "run", "series", "x", "res", "heatmap", "train_samples", "epochs", "done", "epoch",
-    "total", "pckh@0.1", "auc", "best_total", "best_epoch")
+    "experiment", "run", "series", "x", "res", "heatmap", "train_samples", "epochs", "hm_amplitude", "done",
+    "epoch", "total", "pckh@0.1", "auc", "best_total", "best_epoch")
 
 
 def read_val_records(workdir: str) -> list[dict[str, Any]]:
@@ -62,7 +62,8 @@ def summarize_run(experiment: str, run: Run) -> dict[str, Any]:
     cfg = run.config
     row: dict[str, Any] = {"experiment": experiment, "run": run.name, "series": run.series, "x": run.x,
                            "res": cfg.res, "heatmap": cfg.heatmap_size,
-                           "train_samples": cfg.train_samples, "epochs": cfg.epochs}
+                           "train_samples": cfg.train_samples, "epochs": cfg.epochs,
+                           "hm_amplitude": cfg.hm_amplitude if cfg.output == "hm" else None}
     records = read_val_records(cfg.workdir)
     row["done"] = reached_last_epoch(records, cfg.epochs)
     if records:

@@ -221,7 +221,8 @@ def _train(cfg: config_lib.Config) -> int:
         workdir_lib.write_atomic(os.path.join(cfg.workdir, config_lib.CONFIG_FILE), cfg.to_json())
 
     train_step = steps_lib.make_train_step(output=cfg.output, reg=cfg.reg, sigma=cfg.sigma,
-                                           reg_coeff=cfg.reg_coeff, learning_rate_fn=schedule, devices=devices)
+                                           reg_coeff=cfg.reg_coeff, hm_amplitude=cfg.hm_amplitude,
+                                           learning_rate_fn=schedule, devices=devices)
     eval_steps = {flip: steps_lib.make_eval_step(model.apply, output=cfg.output, activation=cfg.activation,
                                                  flip_test=flip, devices=devices)
                   for flip in {False, cfg.flip_test}}

@@ -36,12 +36,13 @@ Batch = dict[str, jax.Array]
 
 
 def make_train_step(*, output: str, reg: str, sigma: float, reg_coeff: float,
-                    learning_rate_fn: optax.Schedule, devices: Sequence[jax.Device] | None = None
+                    learning_rate_fn: optax.Schedule, devices: Sequence[jax.Device] | None = None,
+                    hm_amplitude: float = 1.0
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """Builds the pmapped update `(state, batch) -> (state, metrics)`.
 
     Args:
-      output, reg, sigma, reg_coeff: the loss (`dsnt_jax.models.pose_loss`).
+      output, reg, sigma, reg_coeff, hm_amplitude: the loss (`dsnt_jax.models.pose_loss`).
       learning_rate_fn: the optimiser's schedule, to report the rate used by each step.
       devices: the devices to map over, the same list on every process (pmap maps over the devices of this
         process among them, and its collectives span all of them); default: every device of the run. A
@@ -65,7 +66,7 @@ def make_train_step(*, output: str, reg: str, sigma: float, reg_coeff: float,
                 {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
                 mutable=["batch_stats"], rngs={"dropout": rng})
             loss, aux = pose_loss(outputs, batch["coords"], batch["mask"], output=output, reg=reg,
-                                  sigma_t=sigma, reg_coeff=reg_coeff)
+                                  sigma_t=sigma, reg_coeff=reg_coeff, hm_amplitude=hm_amplitude)
             # This device's share of the global loss; differentiated as a whole (see the module docstring).
             return loss * scale, (aux, updates["batch_stats"])
 

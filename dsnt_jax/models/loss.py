@@ -8,6 +8,17 @@
   σ = `sigma_t` px, 7×7 window) over all B·J·H·W elements, **without** a joint mask, as the paper's
   code (`nn.functional.mse_loss`); `hm_masked=True` averages over the unmasked joints instead.
 
+HM target amplitude (`hm_amplitude`, default 1 = the paper): the target Gaussian's peak. Not in the
+paper; a common practice of heatmap-regression codebases (a target or "heatmap multiplier"). It matters
+because the MSE is not scale-free: the raw 1×1 heatmap conv starts with outputs of std ~0.7
+everywhere and RMSProp moves every weight by about lr per step (10·lr in the first steps, PyTorch's
+v₀ = 0), so each step shifts every heatmap pixel by an amount fixed in absolute units, while the part
+of the loss that locates the joint, the Gaussian's energy πσ²·A²/(H·W), shrinks with the map. At
+24×24 px and A = 1 it is 1 % of the initial loss (0.0055 of 0.52), and a short run ends at the
+all-zero prediction (issue #14; the paper trained ~250× longer from ImageNet weights). Scaling the target by A is the same as dividing
+the head's initial weights and its learning rate by A; it leaves `hm_decode` (argmax) unchanged.
+Scaling the loss instead does nothing (RMSProp divides the scale out, ε = 1e-8 aside).
+
 Non-finite values (NaN, ±inf): anything that counts propagates, so that the training step's
 finiteness check sees it: a non-finite prediction (coords or heatmaps) of an annotated joint, or a
 non-finite target of an annotated joint, makes the loss non-finite, for every output and regulariser.
@@ -87,7 +98,8 @@ def _stacks(outputs: dict[str, Any]) -> list[dict[str, jax.Array]]:
 
 def pose_loss(outputs: dict[str, Any], target_coords: jax.Array, mask: jax.Array, *,
               output: str, reg: str = "none", sigma_t: float = 1.0, reg_coeff: float = 1.0,
-              hm_masked: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+              hm_masked: bool = False, hm_amplitude: float = 1.0
+              ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The training loss of a pose model's outputs (see the module docstring).
 
     Args:
@@ -102,6 +114,8 @@ def pose_loss(outputs: dict[str, Any], target_coords: jax.Array, mask: jax.Array
         Gaussian's σ for hm (the paper's `hm_sigma`, 1 px for both).
       reg_coeff: λ of paper Eq. 3.
       hm_masked: hm only; average over unmasked joints instead of all elements (not the paper's).
+      hm_amplitude: hm only; peak of the target Gaussian (paper: 1; see the module docstring). The
+        loss and aux['mse'] are in the units of the scaled target.
 
     Non-finite values: see the module docstring (annotated joints propagate NaN/inf to the loss; masked
     joints' targets may hold anything, NaN included, with a finite loss and finite gradients).
@@ -118,6 +132,8 @@ def pose_loss(outputs: dict[str, Any], target_coords: jax.Array, mask: jax.Array
         raise ValueError("regularisers apply to dsnt/fc outputs; use reg='none' with output='hm'")
     if isinstance(sigma_t, (int, float)) and not sigma_t > 0:  # NaN too; traced values cannot be checked
         raise ValueError(f"sigma_t must be positive (heatmap pixels), got {sigma_t}")
+    if isinstance(hm_amplitude, (int, float)) and not 0 < hm_amplitude < float("inf"):  # NaN too
+        raise ValueError(f"hm_amplitude must be a finite number > 0, got {hm_amplitude}")
     target_coords = jnp.asarray(target_coords, jnp.float32)
     mask = jnp.asarray(mask).astype(jnp.float32)
     if target_coords.ndim != 3 or target_coords.shape[-1] != 2:
@@ -138,7 +154,7 @@ def pose_loss(outputs: dict[str, Any], target_coords: jax.Array, mask: jax.Array
     for out in stacks:
         heatmaps = out["heatmaps"].astype(jnp.float32)
         if output == "hm":
-            target_hm = hm_encode(target_coords, heatmaps.shape[-2:], sigma_t)
+            target_hm = hm_amplitude * hm_encode(target_coords, heatmaps.shape[-2:], sigma_t)
             sq = jnp.square(heatmaps - target_hm)
             if hm_masked:
                 mse = ops.average_loss(jnp.mean(sq, axis=(-2, -1)), mask)
