@@ -20,11 +20,6 @@ from tiny_run import STEPS_PER_EPOCH
 from train.config import resolve
 
 
-@pytest.fixture(scope="module")
-def env_and_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path]:
-    return tiny_run.build_data(tmp_path_factory.mktemp("faults"))
-
-
 @contextlib.contextmanager
 def _tmpfs(path: Path, options: str):
     path.mkdir(parents=True, exist_ok=True)

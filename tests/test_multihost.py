@@ -28,11 +28,6 @@ STEPS = EPOCHS * tiny_run.STEPS_PER_EPOCH
 
 
 @pytest.fixture(scope="module")
-def env_and_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path]:
-    return tiny_run.build_data(tmp_path_factory.mktemp("multihost"))
-
-
-@pytest.fixture(scope="module")
 def single(tmp_path_factory: pytest.TempPathFactory, env_and_data) -> Path:
     """The reference: one process, two simulated devices (conftest's XLA_FLAGS), the same global batch."""
     env, data_dir = env_and_data

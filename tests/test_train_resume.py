@@ -20,11 +20,6 @@ KEEP = ["--keep-checkpoints=1"]
 
 
 @pytest.fixture(scope="module")
-def env_and_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path]:
-    return tiny_run.build_data(tmp_path_factory.mktemp("resume"))
-
-
-@pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory, env_and_data) -> Path:
     env, data_dir = env_and_data
     workdir = tmp_path_factory.mktemp("reference")
