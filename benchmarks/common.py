@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: model specs, random variables, statistics, descriptions, JSON output.
+"""Helpers shared by the benchmarks: model specs, random variables, dsnt-jax inference paths, statistics,
+descriptions, JSON output.
 
     python -m benchmarks.common [--json FILE]   # prints (and writes) the environment the benchmarks see
 
@@ -19,7 +20,7 @@ import platform
 import shutil
 import statistics
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -28,7 +29,7 @@ import jax  # noqa: E402  (after the environment variable above)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dsnt_jax.models import create_model  # noqa: E402
+from dsnt_jax.models import create_model, fold_batchnorm  # noqa: E402
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 RESOLUTIONS = (7, 14, 28, 56)
@@ -134,6 +135,100 @@ def to_pixels(coords: np.ndarray, input_size: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------------
+# dsnt-jax inference paths timed by benchmarks.inference: host input → [B, J, 2] pixels on the host
+
+Infer = Callable[[Any], np.ndarray]
+
+
+def _compiled_infer(forward: Callable[[Any, jax.Array], jax.Array], variables: Any,
+                    input_size: int) -> Infer:
+    """The Table 4 region around `forward(variables, images [B, S, S, 3]) -> coords [B, J, 2]`:
+    [B, S, S, 3] host images → [B, J, 2] pixels on the host."""
+    device = jax.devices()[0]
+    forward = jax.jit(forward)
+    variables = jax.device_put(variables, device)  # weights resident: no copy per call
+
+    def infer(images: np.ndarray) -> np.ndarray:
+        coords = forward(variables, jax.device_put(images, device))
+        return to_pixels(np.asarray(coords), input_size)  # np.asarray waits for the result
+
+    return infer
+
+
+def jax_infer_fn(spec: ModelSpec, input_size: int, dtype: Any) -> Infer:
+    """dsnt-jax `jit`: the eval-mode apply of the model."""
+    model = build(spec, dtype)
+    return _compiled_infer(lambda v, x: model.apply(v, x, train=False)["coords"],
+                           init_variables(model, input_size), input_size)
+
+
+def folded_infer_fn(spec: ModelSpec, input_size: int, dtype: Any) -> Infer:
+    """dsnt-jax `folded`: BatchNorm folded into the convs once, before timing."""
+    model = build(spec, dtype)
+    folded = fold_batchnorm(model, init_variables(model, input_size),
+                            input_shape=(1, input_size, input_size, 3))
+    return _compiled_infer(lambda v, x: folded.apply(v, x)["coords"], folded.variables, input_size)
+
+
+def estimator_infer_fn(spec: ModelSpec, input_size: int, dtype: Any) -> Infer:
+    """dsnt-jax `estimator`: `PoseEstimator.predict` of a list of uint8 [S, S, 3] images → [B, J, 2]
+    joints in image pixels (BatchNorm folded, as the estimator does by default)."""
+    # Imported here: the training package needs tfds/grain, which the other variants do not.
+    from train.inference import PoseEstimator
+    from train.loop.config import resolve
+
+    if dtype != jnp.float32:
+        raise ValueError("PoseEstimator computes in float32 only")
+    cfg = resolve({"backbone": spec.backbone, "res": spec.res, "input_size": input_size})
+    estimator = PoseEstimator(cfg, init_variables(cfg.model.build(), input_size))
+
+    def infer(images: list[np.ndarray]) -> np.ndarray:
+        return np.stack([p.joints for p in estimator.predict(images)])
+
+    return infer
+
+
+def _as_uint8_images(images: np.ndarray) -> list[np.ndarray]:
+    """[B, S, S, 3] floats in [0, 1] → B uint8 [S, S, 3] images (made before the timed region)."""
+    return list(np.round(images * 255).astype(np.uint8))
+
+
+@dataclasses.dataclass(frozen=True)
+class JaxConfig:
+    """A dsnt-jax inference path that `--jax` selects.
+
+    Attributes:
+      make: (spec, input size S, jnp dtype) → the timed function.
+      description: what a call runs, for the printed legend and the JSON settings.
+      host_input: [B, S, S, 3] float32 host batch → the timed function's argument, made untimed.
+      only_float32_batch1: timed at float32 batch 1 only.
+      optional: a failure becomes the row's 'error' instead of ending the benchmark.
+    """
+
+    make: Callable[[ModelSpec, int, Any], Infer]
+    description: str
+    host_input: Callable[[np.ndarray], Any] = lambda images: images
+    only_float32_batch1: bool = False
+    optional: bool = False
+
+    def applies(self, dtype: str, batch: int) -> bool:
+        return not self.only_float32_batch1 or (dtype == "float32" and batch == 1)
+
+
+# name → dsnt-jax inference path; rows carry the name as their 'config'.
+JAX_CONFIGS: dict[str, JaxConfig] = {
+    "jit": JaxConfig(jax_infer_fn, "jax.jit of the eval-mode apply"),
+    "folded": JaxConfig(folded_infer_fn, "jax.jit of the apply with BatchNorm folded into the convs"),
+    "estimator": JaxConfig(estimator_infer_fn, "PoseEstimator.predict([uint8 S×S image]): preprocessing, "
+                           "folded forward, coords + heatmaps back, joints in pixels (float32, batch 1 "
+                           "only)", host_input=_as_uint8_images, only_float32_batch1=True,
+                           # It imports the training package (tensorflow-datasets, grain), which a
+                           # bare GPU machine may lack: the other figures must still be measured.
+                           optional=True),
+}
+
+
+# ----------------------------------------------------------------------------------------------------
 # Descriptions of what was measured
 
 
@@ -193,7 +288,7 @@ def environment() -> dict[str, Any]:
     device = jax.devices()[0]
     import flax
 
-    info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    info = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "jax": jax.__version__, "jaxlib": _jaxlib_version(),
             "flax": flax.__version__, "jax_platform": device.platform, "jax_device": device.device_kind,
             "jax_device_count": jax.device_count(), "python": platform.python_version(),

@@ -2,8 +2,9 @@
 with PyTorch peers timed side by side in the same process.
 
     python -m benchmarks.inference [--models resnet50@28,hg8] [--dtypes float32,bfloat16]
-                                   [--batches 1,32] [--torch eager,compile] [--repeats 200]
-                                   [--input-size S] [--memory none] [--quick] [--json out.json]
+                                   [--batches 1,32] [--jax jit,folded,estimator]
+                                   [--torch eager,compile] [--repeats 200] [--input-size S]
+                                   [--memory none] [--quick] [--json out.json]
 
 Time: no flip test. Per call, the timed region is what the paper's `batch_infer.py` timed per image:
 host→device copy of the input batch, forward pass, coordinate extraction, copy of the coordinates back
@@ -14,8 +15,15 @@ call (compilation) is reported separately as `first s`.
 
 Configurations (every figure's line names its own):
 
-* dsnt-jax `jit`: `jax.jit` of the model's eval-mode apply, weights already on the device (`--jax`
-  lists dsnt-jax configurations; new inference paths are added to `JAX_CONFIGS`);
+* dsnt-jax (`--jax`, alias `--jax-variants`; default all three; new paths are added to `common.JAX_CONFIGS`):
+  - `jit`: `jax.jit` of the model's eval-mode apply, weights already on the device;
+  - `folded`: the same with BatchNorm folded into the convs before it (`dsnt_jax.models.fold_batchnorm`,
+    done once before timing), as `PoseEstimator` runs it;
+  - `estimator`: `train.inference.PoseEstimator.predict([image])` on a ready-made uint8 S×S×3 image, its
+    whole per-call path: crop/resize preprocessing, the folded forward compiled ahead of time, coordinates
+    and heatmaps copied back, joints and spreads in image pixels. float32 and batch 1 only (the
+    estimator has no compute-dtype option; batch 1 is its per-call cost). The `variants` lines set each
+    variant beside its bare compiled forward (folded vs jit, estimator vs folded): ms and difference;
 * PyTorch (`--torch`, ResNets only): `benchmarks.torch_reference` + dsntnn, eager or torch.compile'd,
   NCHW or channels_last; see `benchmarks.torch_peers` for the grammar. The compile mode defaults to
   `reduce-overhead` (CUDA graphs), as the issue's batch-1 figure used. bfloat16 = autocast. A peer that
@@ -47,6 +55,8 @@ from tqdm import tqdm
 from benchmarks import targets, torch_peers
 from benchmarks.common import (
     DTYPES,
+    JAX_CONFIGS,
+    Infer,
     JsonSink,
     ModelSpec,
     build,
@@ -71,32 +81,8 @@ from benchmarks.memory import (
 from benchmarks.torch_peers import TorchConfig, torch_device_info
 from dsnt_jax.models import heatmap_size_for, input_size_for
 
-Infer = Callable[[np.ndarray], np.ndarray]
-
-
 # ----------------------------------------------------------------------------------------------------
-# Timed functions: host batch → [B, J, 2] pixel coordinates on the host
-
-
-def jax_infer_fn(spec: ModelSpec, input_size: int, dtype: Any) -> Infer:
-    """dsnt-jax `jit`: [B, S, S, 3] host images → [B, J, 2] pixels on the host."""
-    model = build(spec, dtype)
-    variables = init_variables(model, input_size)
-    device = jax.devices()[0]
-
-    @jax.jit
-    def forward(variables, images):
-        return model.apply(variables, images, train=False)["coords"]
-
-    def infer(images: np.ndarray) -> np.ndarray:
-        coords = forward(variables, jax.device_put(images, device))
-        return to_pixels(np.asarray(coords), input_size)  # np.asarray waits for the result
-
-    return infer
-
-
-# name → factory(spec, input size, jnp dtype) of a dsnt-jax inference path.
-JAX_CONFIGS: dict[str, Callable[[ModelSpec, int, Any], Infer]] = {"jit": jax_infer_fn}
+# Timed functions: host batch → [B, J, 2] pixel coordinates on the host (dsnt-jax's: common.JAX_CONFIGS)
 
 
 def torch_infer_fn(spec: ModelSpec, input_size: int, dtype_name: str, device: str,
@@ -149,18 +135,19 @@ def _images(batch_shape: tuple[int, ...], count: int = 4) -> list[np.ndarray]:
     return [rng.uniform(0, 1, batch_shape).astype(np.float32) for _ in range(count)]
 
 
-def _timing(base: dict[str, Any], make: Callable[[], Infer], inputs: Sequence[np.ndarray],
-            args: argparse.Namespace) -> dict[str, Any]:
+def _timing(base: dict[str, Any], make: Callable[[], Infer], inputs: Sequence[Any],
+            args: argparse.Namespace, fatal: bool = False) -> dict[str, Any]:
     """One figure: builds the timed function, times it, returns the row (with 'error' if it failed).
 
-    A dsnt-jax failure propagates; a PyTorch peer's becomes the row's 'error' (compilation may be
-    unavailable, e.g. inductor without a C++ compiler), so the other figures are still measured.
+    A `fatal` failure (dsnt-jax's own paths) propagates; a PyTorch peer's or the estimator's becomes the
+    row's 'error' (compilation may be unavailable, e.g. inductor without a C++ compiler; the estimator
+    needs the training package), so the other figures are still measured.
     """
     row = dict(base)
     try:
         times, first = time_calls(make(), inputs, args.repeats, args.warmup)
     except Exception as e:  # noqa: BLE001  (any peer failure is reported, not fatal)
-        if row["library"] == "dsnt-jax":
+        if fatal:
             raise
         row["error"] = short_error(e)
         return row
@@ -183,12 +170,14 @@ def measure_model(spec: ModelSpec, args: argparse.Namespace, memory: str, torch_
             nhwc = _images((batch, size, size, 3))
             base = {"model": spec.name, "input_size": size, "dtype": dtype, "batch": batch,
                     "heatmap": heatmap_size_for(spec.backbone, spec.res, size)}
-            for name in args.jax_list:
+            for name in (n for n in args.jax_list if JAX_CONFIGS[n].applies(dtype, batch)):
                 def make(name=name):
                     if name not in infer_fns:
-                        infer_fns[name] = JAX_CONFIGS[name](spec, size, DTYPES[dtype])
+                        infer_fns[name] = JAX_CONFIGS[name].make(spec, size, DTYPES[dtype])
                     return infer_fns[name]
-                _emit(sink, _timing({**base, "library": "dsnt-jax", "config": name}, make, nhwc, args))
+                variant = JAX_CONFIGS[name]
+                _emit(sink, _timing({**base, "library": "dsnt-jax", "config": name}, make,
+                                    [variant.host_input(x) for x in nhwc], args, fatal=not variant.optional))
             for config in peers:
                 inputs = [torch_peers.host_layout(x, config) for x in nhwc]
                 with torch_peers.released(torch_device):
@@ -260,9 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="untimed calls first, ≥ 1 (compilation) (default 20; quick 2)")
     parser.add_argument("--input-size", type=int, default=None,
                         help="input side in px (default: 224 ResNet, 256 hourglass; quick 64)")
-    parser.add_argument("--jax", default="jit",
+    parser.add_argument("--jax", "--jax-variants", dest="jax", default=",".join(JAX_CONFIGS),
                         help=f"comma-separated dsnt-jax configurations, of {tuple(JAX_CONFIGS)} "
-                             "(default jit)")
+                             "(default all; see above)")
     torch_peers.add_torch_arguments(parser, default=None, compile_mode="reduce-overhead")
     parser.add_argument("--memory", choices=("auto", "runtime", "compiled", "none"), default="auto",
                         help="training-memory method: runtime allocator peak (GPU), XLA compiled "
@@ -307,6 +296,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = {"models": [s.name for s in specs], "dtypes": args.dtype_list, "batches": args.batch_list,
                 "repeats": args.repeats, "warmup": args.warmup, "input_size": args.input_size,
                 "jax_configs": args.jax_list, "memory": memory,
+                "jax_config_descriptions": {n: JAX_CONFIGS[n].description for n in args.jax_list},
                 "torch_configs": [c.label for c in args.torch_configs] if torch_device else []}
     sink = JsonSink(args.json, benchmark="inference", environment=environment(), settings=settings,
                     timings=[], memory=[])
@@ -314,14 +304,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"device: {device_description(device)}; host: {machine_description()}")
     print(f"torch: {torch_text}; peers: {', '.join(settings['torch_configs']) or 'none'}")
     print("timed per call: host→device copy, forward, coordinate extraction, copy back (synchronising), "
-          "back-transform to pixels; dsnt-jax 'jit' = jax.jit of the eval-mode apply")
+          "back-transform to pixels")
+    for name, text in settings["jax_config_descriptions"].items():
+        print(f"dsnt-jax {name}: {text}")
     print(f"dtypes {', '.join(args.dtype_list)}; batches {', '.join(map(str, args.batch_list))}; "
           f"{args.repeats} timed calls after {args.warmup} warm-up; memory: {memory}")
     print(HEADER + "\n" + "-" * len(HEADER))
     for spec in tqdm(specs, desc="models", leave=False, disable=len(specs) == 1):
         measure_model(spec, args, memory, torch_device, sink)
     ratios = targets.inference_ratios(sink.data["timings"])
-    sink.update(ratios=ratios, verdicts=targets.inference_verdicts(sink.data["timings"], device.platform))
+    sink.update(ratios=ratios, variants=targets.variant_overheads(sink.data["timings"]),
+                verdicts=targets.inference_verdicts(sink.data["timings"], device.platform))
+    for line in targets.variant_lines(sink.data["timings"]):
+        print(line)
     for r in ratios:
         print(f"ratio {r['model']} {r['dtype']} batch {r['batch']}: dsnt-jax {r['jax_config']} / "
               f"torch {r['peer']} speed = {r['ratio']:.2f}×")

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from benchmarks import targets
+from train.loop.workdir import RunDir
 
 
 def load_json(path: str | None) -> dict[str, Any] | None:
@@ -33,7 +34,7 @@ def train_run_result(workdir: str) -> dict[str, Any] | None:
     Returns {'pckh': [{'epoch', 'step', 'total'}, …], 'images_per_s': median of the train records after
     the first (whose window includes compilation), 'train_records', 'last_loss'} or None without records.
     """
-    path = os.path.join(workdir, "metrics.jsonl")
+    path = RunDir(workdir).metrics_file
     if not os.path.exists(path):
         return None
     records = []
@@ -51,6 +52,14 @@ def train_run_result(workdir: str) -> dict[str, Any] | None:
     return {"pckh": [{"epoch": r["epoch"], "step": r["step"], "total": r.get("total")} for r in val],
             "images_per_s": statistics.median(steady) if steady else None,
             "train_records": len(train), "last_loss": train[-1].get("loss") if train else None}
+
+
+def inference_variants(parts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The inference part's dsnt-jax variants against their bare forward (`targets.variant_overheads`)."""
+    result = (parts.get("inference") or {}).get("result") or {}
+    if "variants" in result:
+        return result["variants"]
+    return targets.variant_overheads(result.get("timings", []))  # a part killed before writing them
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -128,8 +137,11 @@ def _inference_lines(result: dict[str, Any]) -> list[str]:
                                  f"{r['first_call_s']:.1f}"])
     lines += _table(["model", "dtype", "batch", "library", "configuration", "ms/call", "images/s",
                      "first call s"], rows)
-    lines += [""] + [f"- {r['model']} {r['dtype']} batch {r['batch']}: dsnt-jax {r['jax_config']} / torch "
-                     f"{r['peer']} speed **{r['ratio']:.2f}×**" for r in _ratios(result, "inference")]
+    legend = s.get("jax_config_descriptions") or {}
+    lines += [""] + [f"- dsnt-jax `{name}`: {text}" for name, text in legend.items()]
+    lines += [f"- {line}" for line in targets.variant_lines(result.get("timings", []))]
+    lines += [f"- {r['model']} {r['dtype']} batch {r['batch']}: dsnt-jax {r['jax_config']} / torch "
+              f"{r['peer']} speed **{r['ratio']:.2f}×**" for r in _ratios(result, "inference")]
     return lines
 
 

@@ -9,9 +9,9 @@ One training step = host→device copy of a batch (images, targets, mask), forwa
 (batch statistics), the paper's DSNTr loss (Euclidean + JS, σ_t = 1 px, λ = 1), backward and an
 RMSProp update with PyTorch's semantics (lr 2.5e-4, decay 0.99, eps 1e-8 outside the square root).
 
-* dsnt-jax, `--jax-step train` (default): the project's training step, `train.steps.make_train_step`
-  (jax.pmap over one device, BatchNorm over the pmap axis, state donated) on a `train.state.TrainState`
-  with `train.state.torch_rmsprop` — what `python -m train.main` runs per device. `jit`: a plain
+* dsnt-jax, `--jax-step train` (default): the project's training step, `train.loop.steps.make_train_step`
+  (jax.pmap over one device, BatchNorm over the pmap axis, state donated) on a `train.loop.state.TrainState`
+  with `train.loop.state.torch_rmsprop` — what `python -m train.main` runs per device. `jit`: a plain
   single-device `jax.jit` step (same loss and optimiser) defined here, to see the pmap overhead; both
   may be listed. The dtype is the network's computation dtype (parameters stay float32; heads and loss
   run in float32).
@@ -60,10 +60,10 @@ from benchmarks.common import (
 from benchmarks.memory import loss_and_grads_fn, random_batch
 from benchmarks.torch_peers import TorchConfig, torch_device_info
 from dsnt_jax.models import input_size_for
-from train.state import torch_rmsprop
+from train.loop.state import torch_rmsprop
 
 LEARNING_RATE = 2.5e-4
-JAX_STEPS = {"train": "train.steps.make_train_step (pmap over 1 device) + TrainState",
+JAX_STEPS = {"train": "train.loop.steps.make_train_step (pmap over 1 device) + TrainState",
              "jit": "plain jax.jit step of benchmarks/train_step.py"}
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]
 Runner = Callable[[list[Batch]], float]
@@ -90,7 +90,7 @@ def jax_runner(spec: ModelSpec, input_size: int, dtype_name: str, kind: str = "t
                ) -> Runner:
     """A function that runs one training step per given host batch and returns the last loss.
 
-    `kind` 'train' uses `train.steps.make_train_step` (pmap over the first device), 'jit' the plain
+    `kind` 'train' uses `train.loop.steps.make_train_step` (pmap over the first device), 'jit' the plain
     jitted step of `make_jax_step`.
     """
     if kind == "train":
@@ -118,8 +118,8 @@ def jax_runner(spec: ModelSpec, input_size: int, dtype_name: str, kind: str = "t
 def _train_steps_runner(spec: ModelSpec, input_size: int, dtype_name: str
                         ) -> Runner:
     """`jax_runner` with the training loop's own pmapped step and TrainState, on one device."""
-    from train import state as state_lib
-    from train import steps as steps_lib
+    from train.loop import state as state_lib
+    from train.loop import steps as steps_lib
 
     model = build(spec, DTYPES[dtype_name], axis_name=steps_lib.AXIS)
     variables = init_variables(model, input_size)
@@ -137,9 +137,9 @@ def _train_steps_runner(spec: ModelSpec, input_size: int, dtype_name: str
 
     def run_steps(batches: list[Batch]) -> float:
         metrics = None
-        for images, targets, mask in batches:
+        for images, coords, mask in batches:
             # pmap copies the host arrays to the device, as the training loop's batches are.
-            sharded = steps_lib.shard({"image": images, "coords": targets, "mask": mask}, 1)
+            sharded = steps_lib.shard({"image": images, "coords": coords, "mask": mask}, 1)
             replicated[0], metrics = step(replicated[0], sharded)
         return float(metrics["loss"][0])  # waits for the last step
 
@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed steps first, ≥ 1 (compilation) (default 3; quick 2)")
     parser.add_argument("--jax-step", default="train",
-                        help="comma-separated dsnt-jax steps: train (train.steps' pmapped step, "
+                        help="comma-separated dsnt-jax steps: train (train.loop.steps' pmapped step, "
                              "default) and/or jit (a plain jit step)")
     torch_peers.add_torch_arguments(parser, default="eager", compile_mode="default")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")

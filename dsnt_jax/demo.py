@@ -8,12 +8,14 @@ Prints the mean localisation error (pixels) of the untrained and the trained mod
 from __future__ import annotations
 
 import argparse
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
 from tqdm import tqdm
 
 from dsnt_jax import ops
@@ -58,20 +60,25 @@ def main(argv: list[str] | None = None) -> None:
     optimiser = optax.adam(2e-3)
     opt_state = optimiser.init(params)
 
-    def loss_fn(params, images, centres):
-        coords, heatmaps = model.apply(params, images)
+    def locate(params: Any, images: ArrayLike) -> tuple[jax.Array, jax.Array]:
+        """``[B, S, S, 1]`` images → coordinates ``[B, 1, 2]`` and heatmaps ``[B, 1, h, w]``."""
+        # Module.apply is typed as returning the output or (output, mutated variables); nothing is mutable here.
+        return cast(tuple[jax.Array, jax.Array], model.apply(params, images))
+
+    def loss_fn(params: Any, images: ArrayLike, centres: ArrayLike) -> jax.Array:
+        coords, heatmaps = locate(params, images)
         per_point = ops.euclidean_losses(coords, centres) + ops.js_reg_losses(heatmaps, centres, 1.0)
         return ops.average_loss(per_point)
 
     @jax.jit
-    def step(params, opt_state, images, centres):
+    def step(params: Any, opt_state: Any, images: ArrayLike, centres: ArrayLike) -> tuple[Any, Any, jax.Array]:
         loss, grads = jax.value_and_grad(loss_fn)(params, images, centres)
         updates, opt_state = optimiser.update(grads, opt_state)
         return optax.apply_updates(params, updates), opt_state, loss
 
     @jax.jit
-    def pixel_error(params):
-        coords, _ = model.apply(params, test_images)
+    def pixel_error(params: Any) -> jax.Array:
+        coords, _ = locate(params, test_images)
         return jnp.mean(ops.euclidean_losses(coords, test_centres)) * args.size / 2
 
     before = float(pixel_error(params))
@@ -80,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
             params, opt_state, loss = step(params, opt_state, *make_batch(rng, 32, args.size))
             bar.set_postfix(loss=f"{float(loss):.4f}")
     after = float(pixel_error(params))
-    print(f"mean error on 256 held-out {args.size}×{args.size} images: {before:.2f} px untrained → {after:.2f} px trained")
+    print(f"mean error on 256 held-out {args.size}×{args.size} images: "
+          f"{before:.2f} px untrained → {after:.2f} px trained")
 
 
 if __name__ == "__main__":

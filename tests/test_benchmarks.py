@@ -1,21 +1,19 @@
-"""Smoke runs of benchmarks.inference / train_step / ops with their PyTorch peers, the GPU suite's part
-handling and summary, benchmarks.memory, and the PyTorch reference model's parity."""
+"""Smoke runs of benchmarks.inference / train_step / ops with their PyTorch peers, benchmarks.memory, and
+the PyTorch reference model's parity. The GPU suite and its summary: tests/test_benchmarks_suite.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
-import os
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import gpu_suite, inference, memory, ops, suite_report, targets, torch_peers, train_step
+from benchmarks import gpu_suite, inference, memory, ops, torch_peers, train_step
 from dsnt_jax.models import create_model, pose_loss, state_dict_to_variables
 
 HAS_TORCH = all(importlib.util.find_spec(m) is not None for m in ("torch", "dsntnn"))
@@ -56,6 +54,10 @@ def test_bad_arguments_exit_with_a_message(capsys):
         inference.main(["--quick", "--batches", "1,0"])
     assert "--batches" in capsys.readouterr().err
     with pytest.raises(SystemExit):
+        inference.main(["--quick", "--jax-variants", "jit,fused"])
+    assert "--jax must be a comma-separated list (choose from jit, folded, estimator)" in \
+        capsys.readouterr().err
+    with pytest.raises(SystemExit):
         gpu_suite.main(["--out", "unused", "--timeouts", "inference=soon"])
     assert "bad --timeouts item" in capsys.readouterr().err
 
@@ -67,7 +69,7 @@ def test_bad_arguments_exit_with_a_message(capsys):
 EAGER_COMPILE = ["--torch-compile-backend", "eager"]
 
 
-def test_inference_quick_times_every_batch_and_peer(capsys, tmp_path):
+def test_inference_quick_times_every_batch_variant_and_peer(capsys, tmp_path):
     # Memory is tested below on a smaller network (compiling ResNet-18's backward pass costs ~10 s).
     out_json = tmp_path / "inference.json"
     results = inference.main(["--quick", "--models", "resnet18@7", "--input-size", "32", "--batches",
@@ -75,22 +77,70 @@ def test_inference_quick_times_every_batch_and_peer(capsys, tmp_path):
                               "--torch", "eager,compile", *EAGER_COMPILE, "--json", str(out_json)])
     out = capsys.readouterr().out
     assert f"device: {jax.devices()[0].platform}" in out and "memory: none" in out
+    assert "dsnt-jax estimator: PoseEstimator.predict" in out
     assert json.loads(out_json.read_text()) == json.loads(json.dumps(results))
+    assert list(results["settings"]["jax_config_descriptions"]) == ["jit", "folded", "estimator"]
     timings = results["timings"]
     ours = [r for r in timings if r["library"] == "dsnt-jax"]
-    assert [(r["batch"], r["config"]) for r in ours] == [(1, "jit"), (2, "jit")]
+    # The estimator runs at float32 batch 1 only: its per-call cost.
+    assert [(r["batch"], r["config"]) for r in ours] == [
+        (1, "jit"), (1, "folded"), (1, "estimator"), (2, "jit"), (2, "folded")]
     for r in timings:
         assert r["model"] == "resnet18@7" and r["input_size"] == 32 and r["heatmap"] == 1
         assert r["images_per_s"] == pytest.approx(r["batch"] / (r["ms"] / 1e3))
         assert r["first_call_s"] > 0
     assert results["memory"] == []
+    by_config = {(r["batch"], r["config"]): r for r in ours}
+    variants = results["variants"]
+    assert [(v["batch"], v["config"], v["baseline"]) for v in variants] == [
+        (1, "folded", "jit"), (1, "estimator", "folded"), (2, "folded", "jit")]
+    estimator = variants[1]
+    assert estimator["diff_ms"] == pytest.approx(by_config[1, "estimator"]["ms"] - by_config[1, "folded"]["ms"])
+    assert (f"variants resnet18@7 32 px float32 batch 1: jit {by_config[1, 'jit']['ms']:.3f} ms | folded "
+            f"{by_config[1, 'folded']['ms']:.3f} ms ({variants[0]['diff_ms']:+.3f} ms vs jit) | estimator "
+            f"{estimator['ms']:.3f} ms ({estimator['diff_ms']:+.3f} ms vs folded)") in out
     if HAS_TORCH:
         peers = ["eager", "compile[backend=eager]+channels_last"]
         assert [r["config"] for r in timings if r["library"] == "pytorch"] == peers * 2
         ratio = results["ratios"][-1]
-        assert ratio["batch"] == 2 and ratio["peer"] == peers[1]
-        assert (f"ratio resnet18@7 float32 batch 2: dsnt-jax jit / torch {peers[1]} speed = "
+        assert (ratio["batch"], ratio["jax_config"], ratio["peer"]) == (2, "folded", peers[1])
+        assert (f"ratio resnet18@7 float32 batch 2: dsnt-jax folded / torch {peers[1]} speed = "
                 f"{ratio['ratio']:.2f}×") in out
+        assert len(results["ratios"]) == 2 * len(ours)
+
+
+def test_inference_reports_an_estimator_that_cannot_be_built_and_goes_on(capsys, monkeypatch):
+    def no_training_package(spec, size, dtype):  # a GPU machine without tensorflow-datasets
+        raise ModuleNotFoundError("No module named 'tensorflow_datasets'")
+
+    estimator = dataclasses.replace(inference.JAX_CONFIGS["estimator"], make=no_training_package)
+    monkeypatch.setitem(inference.JAX_CONFIGS, "estimator", estimator)
+    results = inference.main(["--quick", "--models", "resnet18@7", "--input-size", "32", "--repeats", "1",
+                              "--warmup", "1", "--memory", "none", "--jax-variants", "estimator,jit"])
+    failed, jit = results["timings"]
+    assert failed["config"] == "estimator" and failed["error"].startswith("ModuleNotFoundError")
+    assert jit["config"] == "jit" and jit["ms"] > 0
+    assert results["variants"] == []
+    [line] = [t for t in capsys.readouterr().out.splitlines() if "unavailable" in t]
+    assert " estimator " in line and "unavailable: ModuleNotFoundError: No module named" in line
+
+
+def test_inference_variants_time_the_same_network():
+    # jit and folded run one network (folding is exact to rounding); the estimator crops the whole image,
+    # so its joints land near the others, in the same pixel frame.
+    spec = inference.parse_models("resnet18@14")[0]
+    images = np.random.default_rng(0).uniform(0, 1, (1, 64, 64, 3)).astype(np.float32)
+    pixels = {name: config.make(spec, 64, jnp.float32)(config.host_input(images))
+              for name, config in inference.JAX_CONFIGS.items()}
+    assert pixels["jit"].shape == pixels["folded"].shape == pixels["estimator"].shape == (1, 16, 2)
+    np.testing.assert_allclose(pixels["folded"], pixels["jit"], atol=1e-3)
+    np.testing.assert_allclose(pixels["estimator"], pixels["jit"], atol=2.0)
+    estimator = inference.JAX_CONFIGS["estimator"]
+    assert estimator.applies("float32", 1)
+    assert not estimator.applies("bfloat16", 1) and not estimator.applies("float32", 2)
+    assert inference.JAX_CONFIGS["folded"].applies("bfloat16", 32)
+    [uint8] = estimator.host_input(images)  # made before the timed region
+    assert uint8.dtype == np.uint8 and uint8.shape == (64, 64, 3)
 
 
 def test_compiled_training_memory_counts_weights_gradients_and_activations():
@@ -274,139 +324,3 @@ def test_torch_reference_runs_channels_last_despite_dsntnn_view():
         assert x.is_contiguous(memory_format=torch.channels_last)
         cl = torch_peers.prepare_model(model, config, "cpu")(x)["coords"]
     np.testing.assert_allclose(cl.numpy(), nchw.numpy(), atol=1e-5)
-
-
-# ----------------------------------------------------------------------------------------------------
-# GPU suite: parts, timeouts, summary
-
-
-def _gone(pid: int, wait_s: float = 10.0) -> bool:
-    """Whether process `pid` has ended (or is a zombie) within `wait_s`."""
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().split(")")[-1].split()[0] == "Z":
-                    return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def test_suite_stops_a_part_and_its_children_past_the_timeout(tmp_path, monkeypatch):
-    monkeypatch.setattr(gpu_suite, "MIN_PART_S", 0)
-    monkeypatch.setattr(gpu_suite, "KILL_GRACE_S", 3)
-    pid_file = tmp_path / "grandchild"
-    code = ("import subprocess, sys, time\n"
-            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
-            f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
-            "print('started', flush=True)\n"
-            "time.sleep(120)\n")
-    env = dict(os.environ)
-    with open(tmp_path / "suite.log", "w") as log:
-        slow = gpu_suite.run_part(gpu_suite.Part("slow", [sys.executable, "-c", code], 8), log, env, 100)
-        failing = gpu_suite.run_part(gpu_suite.Part("failing", [sys.executable, "-c", "exit(3)"], 30), log,
-                                     env, 100)
-        monkeypatch.setattr(gpu_suite, "MIN_PART_S", 20)
-        late = gpu_suite.run_part(gpu_suite.Part("late", [sys.executable, "-c", "pass"], 30), log, env, 10)
-    assert slow["status"].startswith("timeout: stopped after 8 s") and slow["wall_s"] < 30
-    assert _gone(int(pid_file.read_text()))  # the part's own child went with it
-    assert failing["status"] == "failed: exit status 3"
-    assert late["status"].startswith("skipped") and late["returncode"] is None
-    log_text = (tmp_path / "suite.log").read_text()
-    assert "started" in log_text and "===== slow: timeout" in log_text and "===== late" not in log_text
-
-
-def test_suite_child_environment_puts_the_repository_and_wheels_first(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
-    env = gpu_suite._child_env("/tmp/site")
-    assert env["PYTHONPATH"] == f"{gpu_suite.REPO}:/tmp/site:/elsewhere"
-    assert env["PYTHONUNBUFFERED"] == "1"
-
-
-def _timing(library, config, dtype, ms, batch=1):
-    return {"model": "resnet50@28", "input_size": 224, "dtype": dtype, "batch": batch, "heatmap": 28,
-            "library": library, "config": config, "ms": ms, "ms_spread": 0.01,
-            "images_per_s": batch / ms * 1e3, "first_call_s": 1.0}
-
-
-def _step(library, config, dtype, rate):
-    return {"library": library, "config": config, "dtype": dtype, "images_per_s": rate,
-            "images_per_s_spread": 1.0, "ms_per_step": 32e3 / rate, "loss": 0.5, "warmup_s": 9.0}
-
-
-def test_suite_summary_judges_the_issue_targets(tmp_path):
-    compiled = "compile(reduce-overhead)+channels_last"
-    inference_result = {"settings": {"models": ["resnet50@28"], "input_size": None, "repeats": 100,
-                                     "warmup": 10},
-                        "timings": [_timing("dsnt-jax", "jit", "float32", 0.7),
-                                    _timing("pytorch", "eager", "float32", 3.6),
-                                    _timing("pytorch", compiled, "float32", 0.99),
-                                    _timing("dsnt-jax", "jit", "bfloat16", 0.9),
-                                    {**_timing("pytorch", compiled, "bfloat16", 1.0)}]}
-    failed = inference_result["timings"][-1]  # a peer that failed has an error and no figures
-    for key in ("ms", "ms_spread", "images_per_s", "first_call_s"):
-        del failed[key]
-    failed["error"] = "BackendCompilerFailed: boom"
-    step_result = {"settings": {"model": "resnet50@28", "input_size": 224, "batch": 32, "repeats": 3,
-                                "steps": 20, "warmup": 3},
-                   "rows": [_step("dsnt-jax", "train", "float32", 1500.0),
-                            _step("pytorch", "compile+channels_last", "float32", 1173.0),
-                            _step("dsnt-jax", "train", "bfloat16", 2500.0),
-                            _step("pytorch", "compile+channels_last", "bfloat16", 1365.0)]}
-    workdir = tmp_path / "run"
-    workdir.mkdir()
-    records = [{"split": "train", "step": 20, "epoch": 0, "loss": 1.0, "images_per_s": 50.0},
-               {"split": "train", "step": 40, "epoch": 0, "loss": 0.9, "images_per_s": 2400.0},
-               {"split": "val", "step": 187, "epoch": 1, "total": 33.1},
-               {"split": "train", "step": 200, "epoch": 1, "loss": 0.5, "images_per_s": 2450.0},
-               {"split": "val", "step": 374, "epoch": 2, "total": 53.0}]
-    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 4')
-    run = suite_report.train_run_result(str(workdir))  # the cut last line (a killed run) is skipped
-    assert run["images_per_s"] == 2425.0 and [p["total"] for p in run["pckh"]] == [33.1, 53.0]
-    parts = {"inference": {"result": inference_result}, "train_step": {"result": step_result},
-             "train": {"result": run}}
-
-    lines = suite_report.verdicts(parts, "gpu", "bfloat16")
-    expected = ["inference resnet50@28 batch 1 float32: dsnt-jax 0.700 ms → ≤ 0.8 ms met",
-                f"  1.41× torch {compiled} (0.990 ms) → ≥ 1.2× met",
-                "  bfloat16 0.900 ms vs float32 0.700 ms → bfloat16 never slower NOT met",
-                "train step resnet50@28 batch 32 float32: dsnt-jax 1500.0 images/s",
-                "  1.28× torch compile+channels_last (1173.0 images/s) → ≥ 1.3× NOT met",
-                "train step resnet50@28 batch 32 bfloat16: dsnt-jax 2500.0 images/s",
-                "  ≥ 2,400 images/s met",
-                "  1.83× torch compile+channels_last (1365.0 images/s) → ≥ 1.5× met",
-                "train.main 2425.0 images/s = 97.0 % of the step's 2500.0 → ≥ 95 % met"]
-    assert lines == expected
-    assert all("no verdict" in line for line in suite_report.verdicts(parts, "cpu", "bfloat16")
-               if not line.startswith("  "))
-    assert targets.inference_ratios(inference_result["timings"])[1]["ratio"] == pytest.approx(0.99 / 0.7)
-
-    summary = {"suite": {"command": ["python", "-m", "benchmarks.gpu_suite"], "quick": False,
-                         "deadline_s": 480, "wall_s": 400.0, "note": ""},
-               "environment": {"jax_platform": "gpu", "jax_device": "NVIDIA H200", "jax_device_count": 1,
-                               "jax": "0.11.2", "host": "x86_64", "date": "today", "torch": "2.11"},
-               "parts": [{"name": n, "status": "ok", "wall_s": 1.0, "timeout_s": 9.0,
-                          "command": ["python", "-m", "train.main"], **parts.get(n, {})}
-                         for n in ("env", "inference", "train_step", "train")],
-               "verdicts": lines}
-    markdown = suite_report.render_markdown(summary)
-    for text in ("jax 0.11.2", "gpu (NVIDIA H200)", "| resnet50@28 | float32 | 1 | dsnt-jax | jit | "
-                 "0.700 ± 0.010 | 1428.6 | 1.0 |", "unavailable: BackendCompilerFailed: boom",
-                 f"dsnt-jax jit / torch {compiled} speed **1.41×**", "33.1 → 53.0", expected[-1]):
-        assert text in markdown, text
-
-
-def test_gpu_suite_quick_writes_three_files(tmp_path):
-    out = tmp_path / "out"
-    summary = gpu_suite.main(["--quick", "--out", str(out), "--scratch", str(tmp_path / "scratch"),
-                              "--parts", "ops", "--ops-args=--sizes=4 --batch=2 --points=2 --repeats=2"])
-    assert sorted(os.listdir(out)) == ["suite.log", "summary.json", "summary.md"]
-    assert [(p["name"], p["status"]) for p in summary["parts"]] == [("env", "ok"), ("ops", "ok")]
-    assert summary["environment"]["jax"] == jax.__version__
-    assert json.loads((out / "summary.json").read_text())["verdicts"] == summary["verdicts"]
-    markdown = (out / "summary.md").read_text()
-    assert f"jax {jax.__version__}" in markdown and "## DSNTr loss forward + backward" in markdown
-    if HAS_TORCH:
-        assert "'eager' dynamo backend" in markdown and "| 4² | dsntnn | compile[backend=eager] |" in markdown

@@ -1,4 +1,4 @@
-"""train.checkpoint: which checkpoints are kept (across restarts), what 'best' resolves to, and falling back past
+"""train.loop.checkpoint: which checkpoints are kept (across restarts), what 'best' resolves to, and falling back past
 damaged checkpoints. Direct Checkpointer calls on a tiny state; no training."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import grain
 import numpy as np
 import pytest
 
-from train.checkpoint import CORRUPT_DIR, CheckpointError, Checkpointer
-from train.workdir import WorkdirError
+from train.loop.checkpoint import Checkpointer, CheckpointError
+from train.loop.workdir import CORRUPT_DIR, WorkdirError
 
 TEMPLATE = {"w": np.zeros((3,), np.float32)}
 
@@ -183,7 +183,8 @@ def test_an_unwritable_directory_is_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_metrics_of_steps_after_the_resumed_checkpoint_are_dropped(tmp_path: Path) -> None:
-    from train.metrics import METRICS_FILE, MetricsWriter
+    from train.loop.metrics import MetricsWriter
+    from train.loop.workdir import METRICS_FILE
 
     path = tmp_path / METRICS_FILE
     path.write_text("".join(json.dumps({"step": s, "split": "train", "loss": 1.0}) + "\n" for s in (10, 20, 30))

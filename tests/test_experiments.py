@@ -1,5 +1,5 @@
 """train.experiments (grid definitions, CPU and --full = the paper's settings, --dry-run, the skip-if-done
-logic) and train.experiment_report (result collection, CSV, plots and table from metrics.jsonl files
+logic) and train.experiments.report (result collection, CSV, plots and table from metrics.jsonl files
 written in the real format), and one tiny real two-run grid trained in-process on a tiny synthetic dataset."""
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train import config as C
-from train import experiment_report as R
-from train import experiments as E
-from train.metrics import METRICS_FILE, MetricsWriter
+from train.experiments import cli
+from train.experiments import grid as E
+from train.experiments import report as R
+from train.loop import config as C
+from train.loop.metrics import MetricsWriter, read_val_records
+from train.loop.workdir import METRICS_FILE, RunDir
 
 COUNTS = {"fig7": 16, "fig11": 12, "table2": 4, "table3": 7}
 TINY = {"widths": [8, 8, 8, 8], "stem_width": 8, "stage_sizes": [1, 1, 1, 1]}
@@ -38,8 +40,8 @@ def test_grid_sizes_and_valid_configs(name: str, full: bool, tmp_path: Path) -> 
 
 
 def _paper_common(cfg: C.Config) -> tuple:
-    return (cfg.backbone, cfg.input_size, cfg.dataset, cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_milestones,
-            cfg.lr_gamma, cfg.eval_every)
+    return (cfg.model.backbone, cfg.model.input_size, cfg.dataset, cfg.epochs, cfg.batch_size, cfg.lr,
+            cfg.lr_milestones, cfg.lr_gamma, cfg.eval_every)
 
 
 def test_full_grids_are_the_papers_settings() -> None:
@@ -49,27 +51,28 @@ def test_full_grids_are_the_papers_settings() -> None:
     for run in fig7.runs:
         c = run.config
         assert _paper_common(c) == common and c.augment and c.train_samples is None
-        cells.add((c.res, c.output, c.reg, c.reg_coeff, c.sigma))
-        assert run.x == c.res  # 224-px input: the heatmap side is the paper's resolution name
+        cells.add((c.model.res, c.model.output, c.reg, c.reg_coeff, c.sigma))
+        assert run.x == c.model.res  # 224-px input: the heatmap side is the paper's resolution name
     assert cells == {(res, out, reg, 1.0, 1.0) for res in (7, 14, 28, 56)
                      for out, reg in (("hm", "none"), ("fc", "none"), ("dsnt", "none"), ("dsnt", "js"))}
     fig11 = E.build_experiment("fig11", full=True)
-    assert {(r.config.output, r.config.reg, r.config.train_samples) for r in fig11.runs} == {
+    assert {(r.config.model.output, r.config.reg, r.config.train_samples) for r in fig11.runs} == {
         (out, reg, n) for n in (1024, 2048, 4096, 8192) for out, reg in (("hm", "none"), ("fc", "none"),
                                                                           ("dsnt", "js"))}
     for run in fig11.runs:
-        assert _paper_common(run.config) == common and run.config.res == 28 and not run.config.augment
+        assert _paper_common(run.config) == common and run.config.model.res == 28 and not run.config.augment
         assert run.x == run.config.train_samples
     table2 = E.build_experiment("table2", full=True)
-    assert {(r.config.activation, r.config.output, r.config.reg, r.config.res) for r in table2.runs} == {
+    m = [r.config.model for r in table2.runs]
+    assert {(c.activation, c.output, r.config.reg, c.res) for c, r in zip(m, table2.runs)} == {
         (a, "dsnt", "none", 28) for a in ("softmax", "abs", "relu", "sigmoid")}
     table3 = E.build_experiment("table3", full=True)
     assert {(r.config.reg, r.config.reg_coeff, r.config.sigma) for r in table3.runs if r.config.reg != "none"} == {
         (reg, coeff, s) for s in (1.0, 2.0) for reg, coeff in (("var", 100.0), ("kl", 1.0), ("js", 1.0))}
     for run in (*table2.runs, *table3.runs):
-        assert _paper_common(run.config) == common and run.config.augment and run.config.res == 28
+        assert _paper_common(run.config) == common and run.config.augment and run.config.model.res == 28
     for run in (*fig7.runs, *fig11.runs, *table3.runs):
-        assert run.config.activation == "softmax"
+        assert run.config.model.activation == "softmax"
     # --full runs are exactly the training code's paper presets (only the workdir differs).
     for run in (*fig7.runs, *fig11.runs, *table2.runs, *table3.runs):
         assert run.config == C.resolve({"preset": run.config.preset, "workdir": run.config.workdir})
@@ -80,12 +83,12 @@ def test_cpu_grids_keep_the_strides_and_scale_the_samples() -> None:
     stride = {7: 32, 14: 16, 28: 8, 56: 4}
     for run in fig7.runs:
         c = run.config
-        assert run.x * stride[c.res] == c.input_size and c.backbone == "resnet18" and c.epochs == 1
+        assert run.x * stride[c.model.res] == c.model.input_size and c.model.backbone == "resnet18" and c.epochs == 1
         assert c.eval_every == c.epochs  # validation once, at the end
     fig11 = E.build_experiment("fig11")
     for run in fig11.runs:
         c = run.config
-        assert not c.augment and c.train_samples in E.CPU_SAMPLES and c.res == 28
+        assert not c.augment and c.train_samples in E.CPU_SAMPLES and c.model.res == 28
         steps = c.epochs * -(-c.train_samples // c.batch_size)
         assert E.CPU_FIG11_STEPS <= steps < E.CPU_FIG11_STEPS + c.train_samples // c.batch_size + 1
         # Every run drops its lr once, at 3/4 of its epochs (a 2-epoch run would get no drop at all).
@@ -97,21 +100,21 @@ def test_cpu_hm_runs_use_the_larger_target_and_full_keeps_the_papers() -> None:
     run keep 1; an explicit amplitude reaches the HM runs only."""
     for name in ("fig7", "fig11"):
         for run in E.build_experiment(name).runs:
-            expected = E.CPU_HM_AMPLITUDE if run.config.output == "hm" else 1.0
+            expected = E.CPU_HM_AMPLITUDE if run.config.model.output == "hm" else 1.0
             assert run.config.hm_amplitude == expected, run.name
         assert {r.config.hm_amplitude for r in E.build_experiment(name, full=True).runs} == {1.0}
         explicit = E.build_experiment(name, full=True, overrides={"hm_amplitude": 5.0}).runs
-        assert {(r.config.output == "hm", r.config.hm_amplitude) for r in explicit} == {(True, 5.0), (False, 1.0)}
+        assert {(r.config.model.output == "hm", r.config.hm_amplitude) for r in explicit} == {(True, 5.0), (False, 1.0)}
     assert E.CPU_HM_AMPLITUDE > 1.0
     paper = E.build_experiment("fig7", overrides={"hm_amplitude": 1.0}).runs
     assert {r.config.hm_amplitude for r in paper} == {1.0}
 
 
 def test_hm_amplitude_flag_and_grid_listing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert E.main(["fig7", "--dry-run", "--workdir", str(tmp_path), "--only", "hm-56,dsnt-56"]) == 0
+    assert cli.main(["fig7", "--dry-run", "--workdir", str(tmp_path), "--only", "hm-56,dsnt-56"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert f"amp={E.CPU_HM_AMPLITUDE:g}" in lines[1] and "amp=" not in lines[2]
-    assert E.main(["fig7", "--dry-run", "--workdir", str(tmp_path), "--only", "hm-56", "--hm-amplitude=1"]) == 0
+    assert cli.main(["fig7", "--dry-run", "--workdir", str(tmp_path), "--only", "hm-56", "--hm-amplitude=1"]) == 0
     assert "amp=1 " in capsys.readouterr().out
 
 
@@ -139,18 +142,18 @@ def test_select_runs() -> None:
 
 
 def test_dry_run_prints_the_grid_and_trains_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert E.main(["fig11", "--dry-run", "--workdir", str(tmp_path), "--only", "fc-n256,hm-n2048"]) == 0
+    assert cli.main(["fig11", "--dry-run", "--workdir", str(tmp_path), "--only", "fc-n256,hm-n2048"]) == 0
     out = capsys.readouterr().out
     lines = out.strip().splitlines()
     assert len(lines) == 3 and "2 run(s)" in lines[0]
     assert lines[1].split()[0] == "fc-n256" and "out=fc" in lines[1] and "n=256" in lines[1]
     assert lines[2].split()[0] == "hm-n2048" and "aug=False" in lines[2]
     assert list(tmp_path.iterdir()) == []
-    assert E.main(["fig7", "--dry-run", "--full", "--workdir", str(tmp_path)]) == 0
+    assert cli.main(["fig7", "--dry-run", "--full", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert out.count("resnet34@") == 16 and out.count("data=mpii") == 16
     with pytest.raises(SystemExit):
-        E.main(["fig7", "--dry-run", "--pretrained", "w.pth"])  # CPU-sized nets cannot take ImageNet weights
+        cli.main(["fig7", "--dry-run", "--pretrained", "w.pth"])  # CPU-sized nets cannot take ImageNet weights
 
 
 def _write_metrics(workdir: str, vals: list[tuple[int, int, float]], *, train: bool = True) -> None:
@@ -219,6 +222,28 @@ def test_bar_plot_and_pivot_for_tables(tmp_path: Path) -> None:
     assert png_path is None and all(r["total"] is None for r in rows) and os.path.isfile(csv_path)
 
 
+def test_several_seeds_run_apart_and_report_mean_and_spread(tmp_path: Path) -> None:
+    """--seeds 0,1: each run twice (the second in <run>-s1, with seed 1); --only names a run's group; the table
+    gives mean ± half the range over the seeds, and the CSV one row per run with its seed."""
+    exp = E.build_experiment("fig7", root=str(tmp_path), seeds=(0, 1))
+    assert len(exp.runs) == 32 and exp.runs[16].name == "hm-7-s1" and exp.runs[16].group == "hm-7"
+    assert {r.config.seed for r in exp.runs[:16]} == {0} and {r.config.seed for r in exp.runs[16:]} == {1}
+    assert exp.runs[16].config.workdir.endswith(os.path.join("fig7", "hm-7-s1"))
+    assert [r.name for r in E.select_runs(exp, "dsnt-56,fc-7-s1")] == ["dsnt-56", "dsnt-56-s1", "fc-7-s1"]
+    for run in exp.runs:
+        total = 40.0 if run.name == "dsnt-56" else 44.0 if run.name == "dsnt-56-s1" else 10.0
+        _write_metrics(run.config.workdir, [(20, run.config.epochs, total)])
+    rows, csv_path, _ = R.collect(exp, str(tmp_path))
+    with open(csv_path, newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [(r["run"], r["seed"]) for r in table][15:17] == [("dsntr-56", "0"), ("hm-7-s1", "1")]
+    dsnt_line = next(line for line in R.format_tables(exp, rows).splitlines() if line.startswith("| DSNT |"))
+    assert dsnt_line.rstrip(" |").endswith("42.0 ± 2.0 (2)")
+    assert R.pivot(rows)[2][("DSNT", 24)] == pytest.approx(42.0)
+    # Without --seeds the grid is the single-seed one of before (plain names, the default seed).
+    assert [r.name for r in E.build_experiment("fig7", root=str(tmp_path)).runs] == [r.name for r in exp.runs[:16]]
+
+
 def test_resumed_duplicates_and_torn_lines(tmp_path: Path) -> None:
     workdir = str(tmp_path / "run")
     _write_metrics(workdir, [(10, 1, 30.0), (20, 2, 50.0), (10, 1, 31.0), (20, 2, 40.0)])
@@ -232,7 +257,7 @@ def test_resumed_duplicates_and_torn_lines(tmp_path: Path) -> None:
     with open(path, "a") as f:
         f.write('\n{"split": "val", "step": 40, "epoch": 2, "total": 1.0}\n')
     with pytest.raises(ValueError, match="line 9, is not JSON"):
-        R.read_val_records(workdir)
+        read_val_records(workdir)
 
 
 def test_run_grid_skips_finished_runs_and_resumes_unfinished(tmp_path: Path) -> None:
@@ -242,7 +267,7 @@ def test_run_grid_skips_finished_runs_and_resumes_unfinished(tmp_path: Path) -> 
     def fake_train(cfg: C.Config) -> int:
         calls.append(os.path.basename(cfg.workdir))
         os.makedirs(cfg.workdir, exist_ok=True)
-        with open(os.path.join(cfg.workdir, C.CONFIG_FILE), "w") as f:
+        with open(RunDir(cfg.workdir).config_file, "w") as f:
             f.write(cfg.to_json())
         _write_metrics(cfg.workdir, [(30, cfg.epochs, 42.0)], train=False)
         return 0

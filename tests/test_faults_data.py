@@ -13,10 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+import mpii_fake
 import pytest
 import tensorflow_datasets as tfds
 
-import mpii_fake
 from data import build_guard, pipeline
 from data.mpii import builder as mpii_builder
 from data.synthetic_pose import builder as syn_builder
@@ -145,7 +145,7 @@ def test_killed_build_leaves_no_workers_and_the_next_run_cleans_up_and_builds(tm
 
 
 def test_first_use_build_removes_stale_incomplete_folders(tmp_path):
-    # train/data.py builds the synthetic dataset on first use with SyntheticPose(config=...).download_and_prepare().
+    # train/loop/data.py builds the synthetic dataset on first use (SyntheticPose(...).download_and_prepare()).
     stale = tmp_path / "synthetic_pose" / "n12_v3_s0_c48" / "incomplete.OLD123_1.0.0"
     stale.mkdir(parents=True)
     (stale / "synthetic_pose-train.array_record-00000-of-00001").write_bytes(b"half a shard")
@@ -163,8 +163,8 @@ def _truncate_first_shard(builder, split: str) -> Path:
 
 
 def test_truncated_synthetic_record_file_names_the_file_and_the_fix(tmp_path):
-    from train import config as config_lib
-    from train import data as train_data
+    from train.loop import config as config_lib
+    from train.loop import data as train_data
 
     syn_builder.SyntheticPose(config=syn_builder.synthetic_config(12, 3, canvas_size=48),
                               data_dir=str(tmp_path)).download_and_prepare()
@@ -172,7 +172,7 @@ def test_truncated_synthetic_record_file_names_the_file_and_the_fix(tmp_path):
                                         data_dir=str(tmp_path))
     path = _truncate_first_shard(builder, "train")
     fix = f"python -m data.prepare synthetic --data-dir {tmp_path} --num-train 12 --num-val 3 --canvas-size 48"
-    # Opening it the way training and evaluation do (train/data.py) fails at once, before any read.
+    # Opening it the way training and evaluation do (train/loop/data.py) fails at once, before any read.
     cfg = config_lib.Config(dataset="synthetic", data_dir=str(tmp_path), synthetic_train=12, synthetic_val=3,
                             synthetic_canvas=48)
     with pytest.raises(ValueError) as err:

@@ -20,8 +20,9 @@ import scipy.io
 from PIL import Image
 from test_predict import workdir  # noqa: F401 (the tiny trained run directory fixture)
 
-from train import evaluate, images, inference, visualize
+from train import evaluate, inference
 from train import predict as predict_cli
+from train.inference import images, visualize
 
 ERROR = "python -m train.predict: error: "
 

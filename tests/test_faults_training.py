@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import tiny_run
 from tiny_run import STEPS_PER_EPOCH
-from train.config import resolve
+
+from train.loop.config import resolve
 
 
 @contextlib.contextmanager

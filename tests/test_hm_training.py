@@ -5,7 +5,7 @@ energy, while the raw 1×1 heatmap conv starts with O(0.5) outputs everywhere an
 by about lr per step (10·lr in the first steps: PyTorch's v₀ = 0). A short run first spends its steps
 shrinking that noise and then sits at the all-zero prediction: on the CPU fig7 grid the 24-px HM run ended
 its epoch with the MSE of zeros and a PCKh below the mean pose. The CPU grids therefore draw the target with
-a larger peak (`train.experiments.CPU_HM_AMPLITUDE`, `pose_loss(..., hm_amplitude=...)`).
+a larger peak (`train.experiments.grid.CPU_HM_AMPLITUDE`, `pose_loss(..., hm_amplitude=...)`).
 
 The tiny problem: 96-px images of four faint coloured discs (one colour per joint) in noise, the joints
 scattered around a mean pose; a narrow ResNet-18 at the fig7 hm-56 setting (res 56 → 24×24 heatmaps); the
@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 from dsnt_jax.models import create_model, hm_decode, hm_encode, pose_loss
-from train import experiments as E
-from train.state import TrainState, create_train_state, torch_rmsprop
+from train.experiments import grid as E
+from train.loop.state import TrainState, create_train_state, torch_rmsprop
 
 J, SIZE, RES, HEATMAP = 4, 96, 56, 24  # res 56 at a 96-px input: stride 4, 24×24 maps (fig7's hm-56)
 N_TRAIN, N_TEST, BATCH, STEPS = 256, 64, 16, 60
@@ -54,16 +54,16 @@ def make_problem(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
 def grid_hm_settings() -> tuple[float, float]:
     """(learning rate, target amplitude) of the CPU fig7 grid's 24-px HM run: what the test guards."""
     (run,) = E.select_runs(E.build_experiment("fig7"), "hm-56")
-    assert run.config.heatmap_size == HEATMAP
+    assert run.config.model.heatmap_size == HEATMAP
     return run.config.lr, run.config.hm_amplitude
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model() -> Any:
     return create_model("resnet18", res=RES, output="hm", num_joints=J, **TINY)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _train_step() -> Any:
     """The jitted HM update; the amplitude is an argument, so every amplitude shares one compilation."""
 
@@ -160,3 +160,28 @@ def test_hm_amplitude_must_be_positive_and_finite(amplitude: float) -> None:
     with pytest.raises(ValueError, match="hm_amplitude"):
         pose_loss({"coords": jnp.zeros((1, J, 2)), "heatmaps": heatmaps}, jnp.zeros((1, J, 2)),
                   jnp.ones((1, J)), output="hm", hm_amplitude=amplitude)
+
+
+def test_train_main_passes_the_hm_amplitude_to_the_loss(tmp_path) -> None:
+    """`python -m train.main --hm-amplitude=A` trains against A × the paper's target: the first step's logged
+    MSE (same initialisation, same first batch) changes with A exactly as the loss says it must."""
+    import json
+
+    import tiny_run
+
+    from train import main as train_main
+    from train.loop import config as C
+
+    _, data_dir = tiny_run.build_data(tmp_path)
+    first_mse = {}
+    for amplitude in (1.0, 10.0):
+        argv = tiny_run.command(tmp_path / f"run-{amplitude:g}", data_dir, epochs=1)[3:]  # drop python -m train.main
+        cfg = C.parse_args([*argv, "--output=hm", f"--hm-amplitude={amplitude:g}", "--log-every=1",
+                            "--eval-every=1"])
+        assert train_main.train(cfg) == 0
+        with open(tmp_path / f"run-{amplitude:g}" / "metrics.jsonl", encoding="utf-8") as f:
+            records = [json.loads(line) for line in f]
+        first_mse[amplitude] = next(r["mse"] for r in records if r["split"] == "train" and r["step"] == 1)
+    # mse(A) = E[out²] − 2A·E[out·g] + A²·E[g²] with the same outputs at step 1, so the two values differ by
+    # far more than rounding unless the flag never reached the loss.
+    assert first_mse[10.0] > 2 * first_mse[1.0], first_mse

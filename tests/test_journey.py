@@ -21,10 +21,9 @@ import time
 from pathlib import Path
 
 import cv2
+import mpii_fake
 import numpy as np
 import pytest
-
-import mpii_fake
 import tiny_run
 
 NUM_TRAIN, NUM_VAL, BATCH, EPOCHS = 16, 4, 4, 6

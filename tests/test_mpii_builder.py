@@ -10,11 +10,11 @@ import sys
 import types
 from pathlib import Path
 
+import mpii_fake
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-import mpii_fake
 from data import prepare, records
 from data.mpii import builder as mpii_builder
 from data.mpii import manual, split
@@ -262,9 +262,9 @@ def test_readme_command_builds_with_default_flags_and_reads_back(tmp_path):
     assert done.returncode == 0, done.stderr
     assert f"written to {data_dir / 'mpii_human_pose' / 'canvas576' / '1.0.0'}" in done.stdout
 
-    # Read back the way training and evaluation open MPII (train/data.py), and by name through tfds.
-    from train import config as config_lib
-    from train import data as train_data
+    # Read back the way training and evaluation open MPII (train/loop/data.py), and by name through tfds.
+    from train.loop import config as config_lib
+    from train.loop import data as train_data
 
     opened = train_data.open_datasets(config_lib.Config(dataset="mpii", data_dir=str(data_dir)), log=lambda _: None)
     assert opened.name == "mpii_human_pose/canvas576"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import mpii_fake
 import numpy as np
 import pytest
 import scipy.io
 
-import mpii_fake
 from data.mpii import release
 
 VAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mpii-val"

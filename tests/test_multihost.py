@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import tiny_run
-from train import config as config_lib
-from train import data as data_lib
+
 from train.launch_local import free_port, process_environment
+from train.loop import config as config_lib
+from train.loop import data as data_lib
 
 EPOCHS = 2
 STEPS = EPOCHS * tiny_run.STEPS_PER_EPOCH

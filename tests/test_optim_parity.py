@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from train import state as state_lib
+from train.loop import state as state_lib
 
 torch = pytest.importorskip("torch")
 

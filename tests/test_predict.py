@@ -12,12 +12,12 @@ from PIL import Image
 
 from data import augment
 from data.joints import FLIP_PERMUTATION
-from dsnt_jax.models import create_model
-from train import config as config_lib
 from train import predict as predict_cli
-from train.checkpoint import CheckpointError, Checkpointer
 from train.inference import Box, PoseEstimator
-from train.state import create_train_state, torch_rmsprop
+from train.loop import config as config_lib
+from train.loop.checkpoint import Checkpointer, CheckpointError
+from train.loop.state import create_train_state, torch_rmsprop
+from train.loop.workdir import RunDir
 
 TINY = dict(backbone="resnet18", res=28, input_size=32, output="dsnt", reg="js", dataset="synthetic",
             model_overrides=json.dumps({"widths": [8, 8, 8, 8], "stem_width": 8, "upsample": 8}))
@@ -28,10 +28,10 @@ TINY = dict(backbone="resnet18", res=28, input_size=32, output="dsnt", reg="js",
 def workdir(tmp_path_factory):
     """A run directory as train.main leaves it: config.json and one orbax checkpoint."""
     root = tmp_path_factory.mktemp("run")
-    cfg = config_lib.Config(**TINY, workdir=str(root))
-    (root / config_lib.CONFIG_FILE).write_text(cfg.to_json())
-    model = create_model(cfg.backbone, res=cfg.res, output=cfg.output, **cfg.overrides_dict())
-    state = create_train_state(model, 0, cfg.input_size, torch_rmsprop(1e-3))
+    cfg = config_lib.resolve({**TINY, "workdir": str(root)})
+    RunDir(str(root)).write_config(cfg)
+    model = cfg.model.build()
+    state = create_train_state(model, 0, cfg.model.input_size, torch_rmsprop(1e-3))
     # Make the head non-trivial so that every joint gets its own, off-centre heatmap.
     params = jax.tree_util.tree_map(lambda x: x, state.params)
     rng = np.random.default_rng(0)
@@ -52,7 +52,7 @@ def test_whole_image_box_frames_the_longer_side():
     box = Box.whole_image(60, 90)
     np.testing.assert_allclose(box.scale * 250, 90)
     # The crop's normalised corners land on the image's outer corners along the longer side.
-    sample_affine = _affine_for(config_lib.Config(**TINY), _image(), box)
+    sample_affine = _affine_for(config_lib.resolve(TINY), _image(), box)
     corners = augment.normalized_to_image_points(np.array([[-1.0, -1.0], [1.0, 1.0]]), sample_affine) - 1
     np.testing.assert_allclose(corners[:, 0], [-0.5, 89.5], atol=1e-6)
     np.testing.assert_allclose(corners.mean(axis=0), [44.5, 29.5], atol=1e-6)
@@ -141,7 +141,7 @@ def test_evaluate_checkpoint_on_its_validation_split(workdir, tmp_path):
     small = dict(synthetic_train=6, synthetic_val=5, synthetic_canvas=48)
     run = tmp_path / "run"
     run.mkdir()
-    (run / config_lib.CONFIG_FILE).write_text(dataclasses.replace(cfg, **small, workdir=str(run)).to_json())
+    RunDir(str(run)).write_config(dataclasses.replace(cfg, **small, workdir=str(run)))
     (run / "checkpoints").symlink_to(root / "checkpoints")
     out = tmp_path / "preds.h5"
     status = evaluate.main(["--checkpoint", str(run), "--data-dir", str(data_dir), "--save-predictions", str(out),
@@ -154,7 +154,7 @@ def test_evaluate_checkpoint_on_its_validation_split(workdir, tmp_path):
     config = syn_builder.synthetic_config(6, 5, syn_builder.DEFAULT_SEED, 48)
     val = syn_builder.SyntheticPose(config=config, data_dir=str(data_dir)).as_data_source(split="validation")
     for i in (0, 4):
-        sample = augment.preprocess_eval(val[i], cfg.input_size)
+        sample = augment.preprocess_eval(val[i], cfg.model.input_size)
         coords = np.asarray(model.apply(variables, sample["image"][None], train=False)["coords"][0])
         np.testing.assert_allclose(preds[i], augment.normalized_to_image_points(coords, sample["normalized_to_image"]),
                                    atol=1e-3)

@@ -1,22 +1,24 @@
-"""train.config: defaults are the paper's Table 4 run, presets, overrides, and one-line errors."""
+"""train.loop.config: defaults are the paper's Table 4 run, presets, overrides, and one-line errors."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 
-from train import config as C
 from train import main as train_main
+from train.loop import config as C
+from train.loop import trainer
 
 
 def test_defaults_are_the_table4_run() -> None:
     cfg = C.parse_args(["--backbone=resnet50", "--res=28"])
-    assert (cfg.backbone, cfg.res, cfg.output, cfg.reg, cfg.sigma, cfg.reg_coeff) == (
+    assert (cfg.model.backbone, cfg.model.res, cfg.model.output, cfg.reg, cfg.sigma, cfg.reg_coeff) == (
         "resnet50", 28, "dsnt", "js", 1.0, 1.0)
     assert (cfg.dataset, cfg.epochs, cfg.batch_size, cfg.lr, cfg.lr_milestones, cfg.lr_gamma) == (
         "mpii", 120, 32, 2.5e-4, (60, 90), 0.1)
-    assert (cfg.input_size, cfg.activation, cfg.augment, cfg.precision) == (224, "softmax", True, "float32")
+    assert (cfg.model.input_size, cfg.model.activation, cfg.augment, cfg.precision) == (224, "softmax", True, "float32")
     assert C.parse_args([]) == cfg
     assert C.parse_args(["--preset=table4-r50-dsntr"]) == dataclasses.replace(cfg, preset="table4-r50-dsntr")
 
@@ -32,7 +34,7 @@ def test_paper_batch_sizes(argv: list[str], batch: int) -> None:
 
 def test_hourglass_defaults() -> None:
     cfg = C.parse_args(["--backbone=hg4"])
-    assert (cfg.res, cfg.input_size, cfg.batch_size) == (None, 256, 6)
+    assert (cfg.model.res, cfg.model.input_size, cfg.batch_size) == (None, 256, 6)
 
 
 def test_regulariser_default_follows_output() -> None:
@@ -58,15 +60,15 @@ def test_presets_cover_the_paper_grid() -> None:
 
 def test_preset_values_and_overrides() -> None:
     var = C.resolve({"preset": "table3-var-s1"})
-    assert (var.backbone, var.res, var.reg, var.reg_coeff, var.sigma) == ("resnet34", 28, "var", 100.0, 1.0)
+    assert (var.model.backbone, var.model.res, var.reg, var.reg_coeff, var.sigma) == ("resnet34", 28, "var", 100.0, 1.0)
     fig11 = C.resolve({"preset": "fig11-hm-n2048"})
-    assert (fig11.output, fig11.reg, fig11.train_samples, fig11.augment) == ("hm", "none", 2048, False)
+    assert (fig11.model.output, fig11.reg, fig11.train_samples, fig11.augment) == ("hm", "none", 2048, False)
     hg = C.resolve({"preset": "fig9-hg8-dsntr"})
-    assert (hg.backbone, hg.res, hg.batch_size, hg.reg) == ("hg8", None, 6, "js")
+    assert (hg.model.backbone, hg.model.res, hg.batch_size, hg.reg) == ("hg8", None, 6, "js")
     fig7 = C.resolve({"preset": "fig7-r34-7-fc"})
-    assert (fig7.res, fig7.output, fig7.reg) == (7, "fc", "none")
+    assert (fig7.model.res, fig7.model.output, fig7.reg) == (7, "fc", "none")
     overridden = C.parse_args(["--preset=fig7-r34-56-dsntr", "--lr=1e-3", "--epochs=3"])
-    assert (overridden.res, overridden.lr, overridden.epochs, overridden.reg) == (56, 1e-3, 3, "js")
+    assert (overridden.model.res, overridden.lr, overridden.epochs, overridden.reg) == (56, 1e-3, 3, "js")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -117,7 +119,7 @@ def test_missing_mpii_names_files_and_fixes(tmp_path, capsys) -> None:
 def test_missing_pretrained_file_says_where_to_get_it(tmp_path) -> None:
     cfg = C.resolve({"backbone": "resnet34", "pretrained": str(tmp_path / "resnet34.pth")})
     with pytest.raises(FileNotFoundError, match="resnet34-b627a593.pth") as exc:
-        train_main._load_pretrained(cfg, state=None)
+        trainer.load_pretrained(cfg, state=None)
     assert "cannot be downloaded" in str(exc.value)
 
 
@@ -126,9 +128,31 @@ def test_json_round_trip_and_resume_compatibility() -> None:
     assert C.Config.from_json(cfg.to_json()) == cfg
     C.check_resumable(cfg, dataclasses.replace(cfg, epochs=cfg.epochs + 5, eval_every=2))  # allowed
     with pytest.raises(ValueError, match=r"backbone: 'resnet18' → 'resnet34'.*--workdir"):
-        C.check_resumable(cfg, dataclasses.replace(cfg, backbone="resnet34"))
+        C.check_resumable(cfg, dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone="resnet34")))
     with pytest.raises(ValueError, match="batch_size"):
         C.check_resumable(cfg, dataclasses.replace(cfg, batch_size=16))
+
+
+def test_config_json_of_the_flat_layout_still_reads() -> None:
+    """A config.json written before the model settings were nested (flat flags, overrides as a JSON string)
+    reads as the same configuration, so older run directories resume and predict."""
+    cfg = C.parse_args(["--preset=synthetic-cpu"])
+    flat = json.loads(cfg.to_json())
+    model = flat.pop("model")
+    flat.update(backbone=model["backbone"], res=model["res"], output=model["output"],
+                activation=model["activation"], input_size=model["input_size"],
+                model_overrides=json.dumps(model["overrides"]))
+    assert C.Config.from_json(json.dumps(flat)) == cfg
+
+
+def test_model_settings_are_checked_once_and_named_by_their_flag() -> None:
+    with pytest.raises(ValueError, match=r"^--model-overrides \['depth'\] are not ResNetPose fields"):
+        C.resolve({"model_overrides": '{"depth": 2}'})
+    with pytest.raises(ValueError, match=r"^--input-size must be a multiple of 64 px for an hourglass"):
+        C.resolve({"backbone": "hg1", "input_size": 100})
+    # The flag's JSON text is parsed once, into the frozen model config; presets give mappings directly.
+    cfg = C.resolve({"model_overrides": '{"widths": [8, 8, 8, 8]}'})
+    assert cfg.model.overrides == (("widths", (8, 8, 8, 8)),) and hash(cfg)
 
 
 def test_pretrained_weights_replace_the_trunk_and_reset_the_optimiser(tmp_path) -> None:
@@ -136,16 +160,16 @@ def test_pretrained_weights_replace_the_trunk_and_reset_the_optimiser(tmp_path) 
     import numpy as np
 
     from dsnt_jax.models import create_model, save_torchvision_resnet
-    from train import state as state_lib
+    from train.loop import state as state_lib
 
     tiny = '{"widths": [8, 8, 8, 8], "stem_width": 8, "stage_sizes": [1, 1, 1, 1]}'
     cfg = C.resolve({"backbone": "resnet18", "res": 28, "input_size": 32, "model_overrides": tiny,
                      "pretrained": str(tmp_path / "trunk.npz")})
-    model = create_model("resnet18", res=28, **cfg.overrides_dict())
+    model = create_model("resnet18", res=28, **dict(cfg.model.overrides))
     source = state_lib.create_train_state(model, 1, 32, state_lib.torch_rmsprop(1e-3))
     save_torchvision_resnet(cfg.pretrained, {"params": source.params, "batch_stats": source.batch_stats})
     target = state_lib.create_train_state(model, 2, 32, state_lib.torch_rmsprop(1e-3))
-    loaded = train_main._load_pretrained(cfg, target)
+    loaded = trainer.load_pretrained(cfg, target)
     for a, b in zip(jax.tree_util.tree_leaves(source.params["backbone"]),
                     jax.tree_util.tree_leaves(loaded.params["backbone"]), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -156,9 +180,9 @@ def test_pretrained_weights_replace_the_trunk_and_reset_the_optimiser(tmp_path) 
 
 def test_run_label_marks_a_network_changed_by_model_overrides() -> None:
     paper = C.resolve({"preset": "table4-r50-dsntr"})
-    assert train_main._run_name(paper) == "resnet50@28 dsnt+js"
+    assert paper.run_name() == "resnet50@28 dsnt+js"
     cpu = C.parse_args(["--preset=synthetic-cpu"])
-    assert train_main._run_name(cpu) == "resnet18@28 (custom) dsnt+js"
+    assert cpu.run_name() == "resnet18@28 (custom) dsnt+js"
 
 
 def test_flip_test_validation_scores_both_protocols(tmp_path, capsys) -> None:
@@ -196,7 +220,7 @@ def test_hm_amplitude_is_the_papers_unless_set() -> None:
     assert C.Config.hm_amplitude == 1.0
     assert all(C.resolve({"preset": name}).hm_amplitude == 1.0 for name in C.PRESETS)
     cfg = C.parse_args(["--preset=fig7-r34-56-hm", "--hm-amplitude=10"])
-    assert (cfg.output, cfg.hm_amplitude) == ("hm", 10.0)
+    assert (cfg.model.output, cfg.hm_amplitude) == ("hm", 10.0)
     assert C.Config.from_json(cfg.to_json()) == cfg
     # config.json files written before the option existed read as the paper's amplitude.
     old = cfg.to_json().replace('"hm_amplitude": 10.0,', "")

@@ -10,7 +10,6 @@ import signal
 from pathlib import Path
 
 import pytest
-
 import tiny_run
 from tiny_run import STEPS_PER_EPOCH
 

@@ -1,4 +1,4 @@
-"""train.steps / train.state: data-parallel step equivalence, the learning-rate schedule, flip test."""
+"""train.loop.steps / train.loop.state: data-parallel step equivalence, the learning-rate schedule, flip test."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import optax
 import pytest
 
 from data.augment import flip_images, unflip_coords
-from dsnt_jax.models import create_model
-from train import state as state_lib
-from train import steps
+from dsnt_jax.models import create_model, decode_with_params
+from train.inference import forward
+from train.loop import state as state_lib
+from train.loop import steps
 
 TINY = dict(widths=(8, 8, 8, 8), stem_width=8, stage_sizes=(1, 1, 1, 1))
 GLOBAL_BATCH, SIZE = 8, 32
@@ -89,8 +90,8 @@ def test_flip_test_is_mirror_consistent() -> None:
     images = jnp.asarray(np.random.default_rng(0).uniform(size=(2, SIZE, SIZE, 3)), jnp.float32)
 
     def predict(x: jax.Array, flip_test: bool) -> np.ndarray:
-        return np.asarray(steps.predict_coords(model.apply, variables, x, output=output, activation="softmax",
-                                               flip_test=flip_test))
+        return np.asarray(forward.predict(model.apply, variables, x, output=output, activation="softmax",
+                                               flip_test=flip_test)[0])
 
     plain, flipped = predict(images, True), predict(flip_images(images), True)
     # Averaging a prediction with its mirror makes it equivariant: mirroring the input mirrors the output.
@@ -104,10 +105,10 @@ def test_flip_test_fc_applies_the_shared_dense_to_averaged_maps() -> None:
     image = jnp.asarray(np.random.default_rng(2).uniform(size=(1, SIZE, SIZE, 3)), jnp.float32)
     logits = model.apply(variables, image, train=False)["logits"]
     # Without flipping, the fc decoder applied to the model's own logits reproduces its coordinates.
-    direct = steps.coords_from_logits(logits, variables["params"], output="fc", activation="softmax")
+    direct = decode_with_params(logits, variables["params"], output="fc", activation="softmax")[0]
     np.testing.assert_allclose(np.asarray(direct), np.asarray(model.apply(variables, image)["coords"]), atol=1e-6)
-    flipped = steps.predict_coords(model.apply, variables, image, output="fc", activation="softmax",
-                                   flip_test=True)
+    flipped = forward.predict(model.apply, variables, image, output="fc", activation="softmax",
+                                   flip_test=True)[0]
     assert flipped.shape == (1, 16, 2) and np.isfinite(np.asarray(flipped)).all()
 
 
@@ -123,6 +124,6 @@ def test_flip_test_averages_logits_before_dsnt() -> None:
     h, w = probs.shape[-2:]
     xs, ys = (2 * np.arange(w) + 1) / w - 1, (2 * np.arange(h) + 1) / h - 1
     expected = np.stack([np.einsum("jhw,w->j", probs, xs), np.einsum("jhw,h->j", probs, ys)], -1)
-    got = steps.predict_coords(model.apply, variables, image, output="dsnt", activation="softmax",
-                               flip_test=True)
+    got = forward.predict(model.apply, variables, image, output="dsnt", activation="softmax",
+                               flip_test=True)[0]
     np.testing.assert_allclose(np.asarray(got[0]), expected, atol=1e-5)

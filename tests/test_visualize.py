@@ -1,4 +1,4 @@
-"""train.visualize: skeleton drawing, heatmap grids, PNG output and line plots."""
+"""train.inference.visualize: skeleton drawing, heatmap grids, PNG output and line plots."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from data.joints import BONES, JOINT_NAMES
-from train import visualize as V
+from train.experiments import plots
+from train.inference import visualize as V
 
 GREY = 100
 
@@ -188,7 +189,7 @@ def test_plot_curves_from_csv_with_a_missing_run(tmp_path):
         writer = csv.writer(f)
         writer.writerow(["res", "resnet18", "resnet101"])
         writer.writerows([[56, 86.0, ""], [14, 84.0, 86.0], [28, 85.5, 87.0]])
-    out = V.plot_curves(csv_path, "res", ["resnet18", "resnet101"], tmp_path / "p.png",
+    out = plots.plot_curves(csv_path, "res", ["resnet18", "resnet101"], tmp_path / "p.png",
                         title="PCKh vs resolution", ylabel="PCKh (%)", log_x=True)
     pixels = _read_png(out)
     assert pixels.shape[0] > 100 and pixels.shape[1] > 100
@@ -199,18 +200,18 @@ def test_plot_curves_from_csv_with_a_missing_run(tmp_path):
 
 def test_plot_curves_from_records_and_errors(tmp_path):
     records = [{"epoch": e, "pckh": 50 + e} for e in range(5)]
-    assert _read_png(V.plot_curves(records, "epoch", "pckh", tmp_path / "c.png")).size > 0
+    assert _read_png(plots.plot_curves(records, "epoch", "pckh", tmp_path / "c.png")).size > 0
     with pytest.raises(ValueError, match="not in the data"):
-        V.plot_curves(records, "epoch", "loss", tmp_path / "d.png")
+        plots.plot_curves(records, "epoch", "loss", tmp_path / "d.png")
     with pytest.raises(ValueError, match="positive x"):
-        V.plot_curves(records, "epoch", "pckh", tmp_path / "e.png", log_x=True)
+        plots.plot_curves(records, "epoch", "pckh", tmp_path / "e.png", log_x=True)
     with pytest.raises(FileNotFoundError):
-        V.plot_curves(tmp_path / "absent.csv", "a", "b", tmp_path / "f.png")
+        plots.plot_curves(tmp_path / "absent.csv", "a", "b", tmp_path / "f.png")
 
 
 def test_plot_pckh_curve(tmp_path):
     t = np.linspace(0, 0.5, 51)
-    out = V.plot_pckh_curve(t, {"a": 100 * t / 0.5, "b": 100 * np.sqrt(t / 0.5)}, tmp_path / "pck.png")
+    out = plots.plot_pckh_curve(t, {"a": 100 * t / 0.5, "b": 100 * np.sqrt(t / 0.5)}, tmp_path / "pck.png")
     assert _read_png(out).ndim == 3
     with pytest.raises(ValueError, match="shape"):
-        V.plot_pckh_curve(t, np.zeros(50), tmp_path / "x.png")
+        plots.plot_pckh_curve(t, np.zeros(50), tmp_path / "x.png")

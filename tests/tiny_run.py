@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 import data.synthetic_pose
-from train.checkpoint import Checkpointer
+from train.loop.checkpoint import Checkpointer
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_TRAIN, NUM_VAL, BATCH = 32, 8, 8

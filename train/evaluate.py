@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from data import eval_files, pckh
-from train.workdir import WorkdirError
+from train.loop.workdir import WorkdirError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,13 +89,14 @@ def evaluate_checkpoint(workdir: str | Path, *, step: str | int = "best", flip: 
     Returns:
       (PCKh result, predictions float64 [N, 16, 2] in the image frame, row label).
     """
+    # Imported here: scoring a prediction file (--predictions) needs neither JAX nor the data stack.
     import dataclasses
 
     import jax
 
-    from train import data as data_lib
-    from train import steps, validation
     from train.inference import PoseEstimator
+    from train.loop import data as data_lib
+    from train.loop import steps, validation
 
     estimator = PoseEstimator.from_checkpoint(workdir, step=step, flip_test=flip)
     cfg = estimator.config
@@ -103,7 +104,7 @@ def evaluate_checkpoint(workdir: str | Path, *, step: str | int = "best", flip: 
         cfg = dataclasses.replace(cfg, data_dir=data_dir)
     datasets = data_lib.open_datasets(cfg)
     devices = jax.local_devices()
-    eval_step = steps.make_eval_step(estimator.model.apply, output=cfg.output, activation=cfg.activation,
+    eval_step = steps.make_eval_step(estimator.apply_fn, output=cfg.model.output, activation=cfg.model.activation,
                                      flip_test=flip, devices=devices)
     variables = steps.replicate(estimator.variables, devices)
     # The eval batch must split evenly over the local devices.

@@ -10,7 +10,7 @@ joint over the network's input crop (paper Fig. 2c / 5). Images whose stems coin
 b/img.jpg, or img.jpg and img.png; compared ignoring case) get `<stem>-2`, `<stem>-3`, ... after the first.
 Without --center/--scale the whole image is the person box.
 
-Images are read by `train.images.read_rgb`: EXIF orientation applied, so the joints are in the frame of the
+Images are read by `train.inference.images.read_rgb`: EXIF orientation applied, so the joints are in the frame of the
 image as viewers display it; 16-bit and float images scaled to 8 bits. --scale must give a person box
 (side 250·scale) between 1 % and 10× the image's longer side; a box that overlaps an image by less than a
 quarter of its area is reported with a warning. Errors are one line, `python -m train.predict: error: ...`,
@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from data.joints import JOINT_NAMES
-from train import images as images_lib
-from train import inference, visualize
-from train.inference import Box, PoseEstimator, Prediction
-from train.workdir import WorkdirError
+from train import inference
+from train.inference import Box, PoseEstimator, Prediction, visualize
+from train.inference import images as images_lib
+from train.loop.workdir import WorkdirError
 
 PROG = "python -m train.predict"
 

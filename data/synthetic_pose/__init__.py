@@ -9,6 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+# The dataset's default sizes (a config named ``n6000_v500_s0_c192``), here so that reading them is light.
+DEFAULT_NUM_TRAIN = 6000
+DEFAULT_NUM_VAL = 500
+DEFAULT_SEED = 0
+DEFAULT_CANVAS_SIZE = 192  # a 128 px person box
+
 
 def build(data_dir: str | None, *, num_train: int | None = None, num_val: int | None = None, seed: int = 0,
           canvas_size: int | None = None, num_workers: int | None = None) -> Any:
@@ -16,9 +22,9 @@ def build(data_dir: str | None, *, num_train: int | None = None, num_val: int | 
 
     Args:
         data_dir: tfds data directory (None: tfds's default, ``$TFDS_DATA_DIR`` or ~/tensorflow_datasets).
-        num_train, num_val: split sizes (None: 6000 and 500).
+        num_train, num_val: split sizes (None: `DEFAULT_NUM_TRAIN` and `DEFAULT_NUM_VAL`).
         seed: dataset seed; the same sizes and seed always give the same examples.
-        canvas_size: canvas side in pixels, a multiple of 6 (None: 192, i.e. a 128 px person box).
+        canvas_size: canvas side in pixels, a multiple of 6 (None: `DEFAULT_CANVAS_SIZE`).
         num_workers: rendering processes (None: the CPU count).
 
     Returns:

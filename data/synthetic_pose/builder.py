@@ -35,12 +35,8 @@ import cv2
 import tensorflow_datasets as tfds
 
 from data import build_guard, records
-from data.synthetic_pose import render
+from data.synthetic_pose import DEFAULT_CANVAS_SIZE, DEFAULT_NUM_TRAIN, DEFAULT_NUM_VAL, DEFAULT_SEED, render
 
-DEFAULT_NUM_TRAIN = 6000
-DEFAULT_NUM_VAL = 500
-DEFAULT_SEED = 0
-DEFAULT_CANVAS_SIZE = 192
 VALIDATION_OFFSET = 1_000_000_000  # first index of the validation split (fits the int32 annolist_index)
 # Below this many examples in a split, rendering in the calling process beats starting worker processes.
 _MIN_PARALLEL = 400

@@ -11,7 +11,8 @@ Coordinates are normalised as everywhere in dsnt_jax (`dsnt_jax.ops`): (x, y), p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, cast, get_args
 
 import jax
 import jax.numpy as jnp
@@ -19,15 +20,18 @@ from flax import linen as nn
 
 from dsnt_jax import ops
 from dsnt_jax.models.layers import torch_default_bias_init, torch_default_kernel_init
+from dsnt_jax.ops import ACTIVATIONS, Activation
 
-OUTPUTS: tuple[str, ...] = ("dsnt", "fc", "hm")
-ACTIVATIONS: tuple[str, ...] = ("softmax", "abs", "relu", "sigmoid")
+Output = Literal["dsnt", "fc", "hm"]
+OUTPUTS: tuple[Output, ...] = get_args(Output)
 
+# Name of the fc strategy's Dense(H·W → 2) in the pose models' parameters.
+FC_NAME = "out_fc"
 # The paper code draws the HM target only inside a 7×7 window around the rounded centre.
 HM_WINDOW = 7
 
 
-def check_output(output: str, activation: str) -> None:
+def check_output(output: str, activation: str = "softmax") -> None:
     """Raises ValueError for an unknown output strategy or heatmap activation."""
     if output not in OUTPUTS:
         raise ValueError(f"unknown output strategy {output!r}; choose one of {OUTPUTS}")
@@ -112,16 +116,53 @@ def hm_decode(heatmaps: jax.Array) -> jax.Array:
     return jnp.where(jnp.all(jnp.isfinite(flat), axis=-1)[..., None], coords, jnp.nan)
 
 
-def make_fc(heatmap_hw: int, param_dtype=jnp.float32, name: str = "out_fc") -> nn.Dense:
+def make_fc(heatmap_hw: int, param_dtype=jnp.float32, name: str = FC_NAME) -> nn.Dense:
     """The FC strategy's Dense(H·W → 2), initialised like PyTorch's nn.Linear, run in float32."""
     return nn.Dense(2, dtype=jnp.float32, param_dtype=param_dtype, name=name,
                     kernel_init=torch_default_kernel_init,
                     bias_init=torch_default_bias_init(heatmap_hw))
 
 
+def decode(logits: jax.Array, *, output: str, activation: str = "softmax",
+           fc: Callable[[jax.Array], jax.Array] | None = None) -> tuple[jax.Array, jax.Array]:
+    """Applies an output strategy to heatmap logits: the one decoding of the project.
+
+    Args:
+      logits: [B, J, H, W] raw heatmaps, float32.
+      output: 'dsnt', 'fc' or 'hm'.
+      activation: heatmap activation for 'dsnt'/'fc'.
+      fc: for 'fc', the Dense(H·W → 2) as a function [B, J, H·W] → [B, J, 2] (shared by all joints).
+
+    Returns:
+      (coords [B, J, 2] normalised (x, y), heatmaps [B, J, H, W]: normalised for dsnt/fc, the logits for hm).
+    """
+    if output == "hm":
+        return hm_decode(jax.lax.stop_gradient(logits)), logits
+    heatmaps = ops.heatmap_activation(logits, cast(Activation, activation))
+    if output == "dsnt":
+        return ops.dsnt(heatmaps), heatmaps
+    if fc is None:
+        raise ValueError("output='fc' needs the Dense(H·W → 2) (see make_fc, decode_with_params)")
+    b, j, h, w = heatmaps.shape
+    return fc(heatmaps.reshape(b, j, h * w)), heatmaps
+
+
+def decode_with_params(logits: jax.Array, params: Mapping[str, Any], *, output: str,
+                       activation: str = "softmax") -> tuple[jax.Array, jax.Array]:
+    """`decode` of a pose model's logits [B, J, H, W] outside the model (e.g. after a flip test).
+
+    `params` are the model's parameters: for 'fc' the Dense is read from `params[FC_NAME]`.
+    """
+    def fc(flat: jax.Array) -> jax.Array:
+        return cast(jax.Array, nn.Dense(2, dtype=jnp.float32).apply({"params": params[FC_NAME]}, flat))
+
+    return decode(logits.astype(jnp.float32), output=output, activation=activation,
+                  fc=fc if output == "fc" else None)
+
+
 def outputs_from_logits(logits_nhwc: jax.Array, *, output: str, activation: str = "softmax",
                         fc: nn.Module | None = None) -> dict[str, jax.Array]:
-    """Applies an output strategy to a network's heatmap logits.
+    """Applies an output strategy to a network's heatmap logits (inside the model).
 
     The one NHWC → [B, J, H, W] transpose of the models happens here, followed by a cast to float32 so
     that the ops (activation, DSNT, losses) always compute in float32, whatever the network's dtype.
@@ -138,15 +179,5 @@ def outputs_from_logits(logits_nhwc: jax.Array, *, output: str, activation: str 
     """
     check_output(output, activation)
     logits = jnp.transpose(logits_nhwc, (0, 3, 1, 2)).astype(jnp.float32)
-    if output == "hm":
-        return {"coords": hm_decode(jax.lax.stop_gradient(logits)), "heatmaps": logits,
-                "logits": logits}
-    heatmaps = ops.heatmap_activation(logits, activation)
-    if output == "dsnt":
-        coords = ops.dsnt(heatmaps)
-    else:
-        if fc is None:
-            raise ValueError("output='fc' needs the Dense(H·W → 2) module (see make_fc)")
-        b, j, h, w = heatmaps.shape
-        coords = fc(heatmaps.reshape(b, j, h * w))
+    coords, heatmaps = decode(logits, output=output, activation=activation, fc=fc)
     return {"coords": coords, "heatmaps": heatmaps, "logits": logits}

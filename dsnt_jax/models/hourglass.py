@@ -21,12 +21,11 @@ from flax import linen as nn
 from dsnt_jax.models.heads import check_output, make_fc, outputs_from_logits
 from dsnt_jax.models.layers import (
     BatchNorm,
+    Dtype,
     torch_default_bias_init,
     torch_default_kernel_init,
     torch_padding,
 )
-
-Dtype = Any
 
 HOURGLASS_STACKS: dict[str, int] = {"hg1": 1, "hg2": 2, "hg4": 4, "hg8": 8}
 

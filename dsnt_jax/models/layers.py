@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+# A jax dtype or anything jnp.dtype accepts (the annotation flax uses for its dtype fields).
 Dtype = Any
 
 # torchvision ResNets re-initialise every conv with kaiming_normal_(mode="fan_out", relu): an

@@ -15,8 +15,9 @@ everywhere and RMSProp moves every weight by about lr per step (10·lr in the fi
 v₀ = 0), so each step shifts every heatmap pixel by an amount fixed in absolute units, while the part
 of the loss that locates the joint, the Gaussian's energy πσ²·A²/(H·W), shrinks with the map. At
 24×24 px and A = 1 it is 1 % of the initial loss (0.0055 of 0.52), and a short run ends at the
-all-zero prediction (issue #14; the paper trained ~250× longer from ImageNet weights). Scaling the target by A is the same as dividing
-the head's initial weights and its learning rate by A; it leaves `hm_decode` (argmax) unchanged.
+all-zero prediction (issue #14; the paper trained ~250× longer from ImageNet weights). Scaling the
+target by A is the same as dividing the head's initial weights and its learning rate by A; it leaves
+`hm_decode` (argmax) unchanged.
 Scaling the loss instead does nothing (RMSProp divides the scale out, ε = 1e-8 aside).
 
 Non-finite values (NaN, ±inf): anything that counts propagates, so that the training step's
@@ -37,15 +38,18 @@ for an n×n map equals the pixel value divided by (n/2)⁴.
 
 from __future__ import annotations
 
-from typing import Any
+import typing
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 
 from dsnt_jax import ops
-from dsnt_jax.models.heads import OUTPUTS, hm_encode
+from dsnt_jax.models.heads import check_output, hm_encode
 
-REGULARIZERS: tuple[str, ...] = ("none", "js", "kl", "var")
+# The heatmap regularisers of the DSNT/FC losses (see the module docstring).
+Regularizer = Literal["none", "js", "kl", "var"]
+REGULARIZERS: tuple[Regularizer, ...] = typing.get_args(Regularizer)
 
 
 def variance_reg_losses_normalized(heatmaps: jax.Array, sigma_t: float) -> jax.Array:
@@ -64,7 +68,7 @@ def variance_reg_losses_normalized(heatmaps: jax.Array, sigma_t: float) -> jax.A
     return jnp.sum(jnp.square(variance - target), axis=-1)
 
 
-def _reg_losses(heatmaps: jax.Array, target: jax.Array, reg: str, sigma_t: float) -> jax.Array:
+def _reg_losses(heatmaps: jax.Array, target: jax.Array, reg: Regularizer, sigma_t: float) -> jax.Array:
     if reg == "js":
         return ops.js_reg_losses(heatmaps, target, sigma_t)
     if reg == "kl":
@@ -97,7 +101,7 @@ def _stacks(outputs: dict[str, Any]) -> list[dict[str, jax.Array]]:
 
 
 def pose_loss(outputs: dict[str, Any], target_coords: jax.Array, mask: jax.Array, *,
-              output: str, reg: str = "none", sigma_t: float = 1.0, reg_coeff: float = 1.0,
+              output: str, reg: Regularizer = "none", sigma_t: float = 1.0, reg_coeff: float = 1.0,
               hm_masked: bool = False, hm_amplitude: float = 1.0
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The training loss of a pose model's outputs (see the module docstring).
@@ -124,8 +128,8 @@ def pose_loss(outputs: dict[str, Any], target_coords: jax.Array, mask: jax.Array
       (scalar float32 loss, aux) with aux['per_stack'] [S] the loss of each stack and, summed over
       stacks, aux['euclidean'] and aux['reg'] (unscaled by λ) for dsnt/fc or aux['mse'] for hm.
     """
-    if output not in OUTPUTS:
-        raise ValueError(f"unknown output strategy {output!r}; choose one of {OUTPUTS}")
+    # The activation is the model's business, not the loss's: only the output strategy is checked here.
+    check_output(output)
     if reg not in REGULARIZERS:
         raise ValueError(f"unknown regulariser {reg!r}; choose one of {REGULARIZERS}")
     if output == "hm" and reg != "none":

@@ -132,7 +132,8 @@ def state_dict_to_variables(state_dict: Mapping[str, Any], arch: str | Mapping[s
     ignored = sorted(k for k in sd if k.startswith(_IGNORED_PREFIXES) or k.endswith(_IGNORED_SUFFIXES))
     unexpected = sorted(k for k in sd if k not in mapping and k not in ignored)
     missing = sorted(k for k in mapping if k not in sd)
-    misshaped, out = [], {"params": {}, "batch_stats": {}}
+    misshaped: list[str] = []
+    out: dict[str, dict[str, Any]] = {"params": {}, "batch_stats": {}}
     for key, (collection, path, is_kernel) in mapping.items():
         if key not in sd:
             continue
@@ -187,18 +188,18 @@ def _check_suffix(path: str) -> str:
     return suffix
 
 
-def _import_torch():
+def _import_torch() -> Any:
     try:
-        import torch
+        import torch  # here, not at the top: PyTorch is an optional, heavy dependency (.pth files only)
     except ImportError:
         raise ImportError("reading/writing .pth files needs PyTorch (pip install torch); without it, "
                           "convert the state dict to .safetensors or .npz") from None
     return torch
 
 
-def _import_safetensors_numpy():
+def _import_safetensors_numpy() -> Any:
     try:
-        import safetensors.numpy as st
+        import safetensors.numpy as st  # here, not at the top: needed for .safetensors files only
     except ImportError:
         raise ImportError(".safetensors files need the safetensors package "
                           "(pip install safetensors); or use .npz") from None
@@ -248,7 +249,7 @@ def save_state_dict_file(state_dict: Mapping[str, Any], path: str | os.PathLike)
         _import_safetensors_numpy().save_file(sd, path)
     else:
         with open(path, "wb") as f:  # a file object stops numpy from appending '.npz'
-            np.savez(f, **sd)
+            np.savez(f, **sd)  # type: ignore[arg-type]  # numpy's stub matches **kwds against allow_pickle
 
 
 def _merge(variables: Mapping[str, Any], trunk: Mapping[str, Any], prefix: str) -> dict[str, Any]:

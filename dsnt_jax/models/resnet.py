@@ -15,8 +15,9 @@ of 7/14/28/56 px (output stride 32/16/8/4).
 from __future__ import annotations
 
 import functools
+import typing
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
@@ -25,12 +26,11 @@ from flax import linen as nn
 from dsnt_jax.models.heads import check_output, make_fc, outputs_from_logits
 from dsnt_jax.models.layers import (
     BatchNorm,
+    Dtype,
     resnet_conv_init,
     torch_default_kernel_init,
     torch_padding,
 )
-
-Dtype = Any
 
 # name → (block, stage sizes), as torchvision.
 RESNET_SPECS: dict[str, tuple[str, tuple[int, ...]]] = {
@@ -40,9 +40,11 @@ RESNET_SPECS: dict[str, tuple[str, tuple[int, ...]]] = {
     "resnet101": ("bottleneck", (3, 4, 23, 3)),
     "resnet152": ("bottleneck", (3, 8, 36, 3)),
 }
-EXPANSION = {"basic": 1, "bottleneck": 4}
+# The paper's ResNet heatmap sides for a 224-px input: 7·2^dilate px with 0–3 dilated stages.
+Resolution = Literal[7, 14, 28, 56]
+RESOLUTIONS: tuple[Resolution, ...] = typing.get_args(Resolution)
 # Heatmap side for a 224-px input → number of dilated stages.
-RES_TO_DILATE: dict[int, int] = {7: 0, 14: 1, 28: 2, 56: 3}
+RES_TO_DILATE: dict[int, int] = {res: dilate for dilate, res in enumerate(RESOLUTIONS)}
 
 
 def stage_plan(num_stages: int, dilate: int) -> list[tuple[int, int]]:
@@ -101,7 +103,9 @@ class BasicBlock(nn.Module):
     downsample: bool
     conv: Any
     norm: Any
-    expansion: int = 1
+
+    # Output channels per `features` (a class constant, not a module field).
+    expansion: ClassVar[int] = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -129,7 +133,8 @@ class Bottleneck(nn.Module):
     downsample: bool
     conv: Any
     norm: Any
-    expansion: int = 4
+
+    expansion: ClassVar[int] = 4
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -139,13 +144,17 @@ class Bottleneck(nn.Module):
         y = self.conv(self.features, (3, 3), (self.strides, self.strides), torch_padding(3, d0),
                       kernel_dilation=(d0, d0), name="conv2")(y)
         y = nn.relu(self.norm(name="bn2")(y))
-        y = self.conv(self.features * 4, (1, 1), (1, 1), "VALID", name="conv3")(y)
+        y = self.conv(self.features * self.expansion, (1, 1), (1, 1), "VALID", name="conv3")(y)
         y = self.norm(name="bn3")(y)
         if self.downsample:
-            x = self.conv(self.features * 4, (1, 1), (self.strides, self.strides), "VALID",
+            x = self.conv(self.features * self.expansion, (1, 1), (self.strides, self.strides), "VALID",
                           name="downsample_conv")(x)
             x = self.norm(name="downsample_bn")(x)
         return nn.relu(y + x)
+
+
+# `RESNET_SPECS` block name → block module.
+BLOCKS: dict[str, type[BasicBlock | Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
 class ResNet(nn.Module):
@@ -178,14 +187,14 @@ class ResNet(nn.Module):
 
         With `return_stages`, the list of every stage's output instead (first: stride 4).
         """
-        if self.block not in EXPANSION:
-            raise ValueError(f"block must be 'basic' or 'bottleneck', got {self.block!r}")
+        if self.block not in BLOCKS:
+            raise ValueError(f"block must be one of {tuple(BLOCKS)}, got {self.block!r}")
         if len(self.widths) != len(self.stage_sizes):
             raise ValueError(f"widths {tuple(self.widths)} and stage_sizes "
                              f"{tuple(self.stage_sizes)} must have the same length")
         conv, norm = _layer_factories(self, train)
-        block_cls = BasicBlock if self.block == "basic" else Bottleneck
-        expansion = EXPANSION[self.block]
+        block_cls = BLOCKS[self.block]
+        expansion = block_cls.expansion
 
         x = x.astype(self.dtype)
         x = conv(self.stem_width, (7, 7), (2, 2), torch_padding(7), name="conv1")(x)

@@ -10,7 +10,7 @@ reported as 2 × GMACs.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,15 +44,19 @@ def count_params(params: Mapping[str, Any]) -> tuple[int, int]:
     return trunk, head
 
 
-def _macs_interceptor(counter: list[int]):
-    def interceptor(next_fun, args, kwargs, context):
+def _macs_interceptor(counter: list[int]) -> Callable[..., Any]:
+    """A flax method interceptor that adds the MACs of every Conv and Dense call to ``counter[0]``."""
+
+    def interceptor(next_fun: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                    context: nn.module.InterceptorContext) -> Any:
         out = next_fun(*args, **kwargs)
         module = context.module
         if context.method_name != "__call__" or not args:
             return out
         if isinstance(module, nn.Conv):
             c_in = args[0].shape[-1]
-            k = math.prod(module.kernel_size)
+            kernel = module.kernel_size
+            k = math.prod((kernel,) if isinstance(kernel, int) else kernel)  # flax reads an int k as (k,)
             positions = math.prod(out.shape[:-1])
             counter[0] += positions * k * (c_in // module.feature_group_count) * out.shape[-1]
         elif isinstance(module, nn.Dense):
@@ -72,7 +76,7 @@ def trace_model(module: nn.Module, input_size: int, batch: int = 1
     counter = [0]
     images = jax.ShapeDtypeStruct((batch, input_size, input_size, 3), jnp.float32)
 
-    def init(rng, x):
+    def init(rng: jax.Array, x: jax.Array) -> tuple[Any, Any]:
         return module.init_with_output(rng, x)
 
     with nn.intercept_methods(_macs_interceptor(counter)):

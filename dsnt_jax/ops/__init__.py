@@ -14,39 +14,37 @@ Conventions (those of the paper and of the PyTorch library ``dsntnn`` 0.5.3, so 
 The conventions in full, other libraries' conventions, the numerical traps the ops avoid and every deliberate
 difference from dsntnn: docs/conventions.md (§1 coordinates, §2 layouts and units, §3 traps, §5 differences).
 
-Every public function validates shapes (and concrete hyper-parameters) in Python and raises one ``ValueError``
-naming the expected shape, then calls a jit-compiled implementation. Inside a user's own ``jit`` the shape checks
-still run at trace time; value checks on traced hyper-parameters are skipped.
+Every public op is jit-compiled and validates shapes (and concrete hyper-parameters) in Python, raising one
+``ValueError`` naming the expected shape before anything is computed. Shape checks run when the op is traced,
+also inside a user's own ``jit``. The ops with a positive hyper-parameter (``temperature``, ``sigma``,
+``sigma_t``) check its value first, outside their jit-compiled core, when it is concrete; a traced one is not
+checked.
 """
 
-from dsnt_jax.ops.activations import (
-                                      ActivationKind,
-                                      flat_softmax,
-                                      heatmap_activation,
-                                      log_flat_softmax,
-)
+from dsnt_jax.ops.activations import ACTIVATIONS, Activation, flat_softmax, heatmap_activation, log_flat_softmax
 from dsnt_jax.ops.coordinates import (
-                                      dsnt,
-                                      heatmap_variance,
-                                      normalized_linspace,
-                                      normalized_to_pixel_coordinates,
-                                      pixel_to_normalized_coordinates,
-                                      soft_argmax,
+    dsnt,
+    heatmap_variance,
+    normalized_linspace,
+    normalized_to_pixel_coordinates,
+    pixel_to_normalized_coordinates,
+    soft_argmax,
 )
 from dsnt_jax.ops.divergences import (
-                                      DIVERGENCE_EPS,
-                                      js_divergence,
-                                      js_reg_losses,
-                                      kl_divergence,
-                                      kl_reg_losses,
-                                      variance_reg_losses,
+    DIVERGENCE_EPS,
+    js_divergence,
+    js_reg_losses,
+    kl_divergence,
+    kl_reg_losses,
+    variance_reg_losses,
 )
 from dsnt_jax.ops.gaussians import make_gauss
 from dsnt_jax.ops.losses import average_loss, euclidean_losses, l1_losses, mse_losses
 
 __all__ = [
+    "ACTIVATIONS",
     "DIVERGENCE_EPS",
-    "ActivationKind",
+    "Activation",
     "average_loss",
     "dsnt",
     "euclidean_losses",

@@ -3,37 +3,55 @@
 from __future__ import annotations
 
 import functools
+import typing
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
-from dsnt_jax.ops._checks import (
-    Array,
-    ArrayLike,
-    _check_heatmaps,
-    _check_positive,
-    _float,
-    _spatial_axes,
-)
+from dsnt_jax.ops._checks import Array, ArrayLike, as_float, check_heatmaps, check_positive, spatial_axes
 
-ActivationKind = Literal["softmax", "abs", "relu", "sigmoid"]
-_ACTIVATIONS = ("softmax", "abs", "relu", "sigmoid")
+# The heatmap activations of the paper (Table 2); models, training configs and CLIs take their choices from here.
+Activation = Literal["softmax", "abs", "relu", "sigmoid"]
+ACTIVATIONS: tuple[Activation, ...] = typing.get_args(Activation)
 
 # Rectified maps are divided by (sum + eps), as the paper's code does, so an all-zero ReLU map stays finite.
 _RECTIFIED_NORM_EPS = 1e-12
 
 
-# Reduce over the spatial axes in place (no reshape to [..., H·W]), so that the softmax and the ops that
-# consume its output see one layout of the same buffer.
-@functools.partial(jax.jit, static_argnames=("spatial_ndim",))
-def _log_flat_softmax(logits: Array, temperature: Array, spatial_ndim: int) -> Array:
-    return jax.nn.log_softmax(_float(logits) / temperature, axis=_spatial_axes(logits, spatial_ndim))
+def _validated(x: ArrayLike, spatial_ndim: int, temperature: float | Array, name: str) -> tuple[Array, Array]:
+    """Checks the maps' shape and a concrete temperature; returns both as arrays."""
+    x = jnp.asarray(x)
+    check_heatmaps(x, spatial_ndim, name)
+    check_positive(temperature, "temperature")
+    return x, jnp.asarray(temperature, jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("spatial_ndim",))
-def _flat_softmax(logits: Array, temperature: Array, spatial_ndim: int) -> Array:
-    return jax.nn.softmax(_float(logits) / temperature, axis=_spatial_axes(logits, spatial_ndim))
+def _relu(x: Array) -> Array:
+    """ReLU whose derivative is NaN at NaN: jax.nn.relu's JVP selects 0 there (NaN > 0 is false).
+
+    The select keys on ``x <= 0`` instead, so NaN takes the identity branch (value NaN, derivative 1, which
+    carries the NaN cotangent back); everywhere else, 0 included, value and derivative equal jax.nn.relu's.
+    """
+    return jnp.where(x <= 0, 0.0, x)
+
+
+# The one jit-compiled implementation of the three public functions. It stays separate from them because they
+# check a concrete `temperature` (> 0), which jit would turn into a tracer before the check could see its value.
+# Reductions run over the spatial axes in place (no reshape to [..., H·W]), so that the softmax and the ops
+# that consume its output see one layout of the same buffer.
+@functools.partial(jax.jit, static_argnames=("kind", "spatial_ndim"))
+def _normalize(
+    x: Array, temperature: Array, kind: Activation | Literal["log_softmax"], spatial_ndim: int
+) -> Array:
+    axes = spatial_axes(x, spatial_ndim)
+    x = as_float(x) / temperature
+    if kind == "softmax":
+        return jax.nn.softmax(x, axis=axes)
+    if kind == "log_softmax":
+        return jax.nn.log_softmax(x, axis=axes)
+    rectified = {"abs": jnp.abs, "relu": _relu, "sigmoid": jax.nn.sigmoid}[kind](x)
+    return rectified / (jnp.sum(rectified, axis=axes, keepdims=True) + _RECTIFIED_NORM_EPS)
 
 
 def flat_softmax(logits: ArrayLike, *, spatial_ndim: int = 2, temperature: float | Array = 1.0) -> Array:
@@ -51,10 +69,8 @@ def flat_softmax(logits: ArrayLike, *, spatial_ndim: int = 2, temperature: float
       or +inf logit makes its whole map NaN (values and gradients), other maps unaffected; a −inf logit is
       a cell of probability exactly 0 (finite, unless the whole map is −inf, which is NaN).
     """
-    logits = jnp.asarray(logits)
-    _check_heatmaps(logits, spatial_ndim, "logits")
-    _check_positive(temperature, "temperature")
-    return _flat_softmax(logits, jnp.asarray(temperature, jnp.float32), spatial_ndim)
+    logits, temperature = _validated(logits, spatial_ndim, temperature, "logits")
+    return _normalize(logits, temperature, "softmax", spatial_ndim)
 
 
 def log_flat_softmax(logits: ArrayLike, *, spatial_ndim: int = 2, temperature: float | Array = 1.0) -> Array:
@@ -69,33 +85,13 @@ def log_flat_softmax(logits: ArrayLike, *, spatial_ndim: int = 2, temperature: f
       ``[..., L, *spatial]`` float32 log-probabilities. NaN or +inf logits make their map NaN; a −inf logit
       gives −inf in its own cell only.
     """
-    logits = jnp.asarray(logits)
-    _check_heatmaps(logits, spatial_ndim, "logits")
-    _check_positive(temperature, "temperature")
-    return _log_flat_softmax(logits, jnp.asarray(temperature, jnp.float32), spatial_ndim)
-
-
-def _relu(x: Array) -> Array:
-    """ReLU whose derivative is NaN at NaN: jax.nn.relu's JVP selects 0 there (NaN > 0 is false).
-
-    The select keys on ``x <= 0`` instead, so NaN takes the identity branch (value NaN, derivative 1, which
-    carries the NaN cotangent back); everywhere else, 0 included, value and derivative equal jax.nn.relu's.
-    """
-    return jnp.where(x <= 0, 0.0, x)
-
-
-@functools.partial(jax.jit, static_argnames=("kind", "spatial_ndim"))
-def _heatmap_activation(x: Array, temperature: Array, kind: str, spatial_ndim: int) -> Array:
-    if kind == "softmax":
-        return _flat_softmax(x, temperature, spatial_ndim)
-    x = _float(x) / temperature
-    rectified = {"abs": jnp.abs, "relu": _relu, "sigmoid": jax.nn.sigmoid}[kind](x)
-    return rectified / (jnp.sum(rectified, axis=_spatial_axes(x, spatial_ndim), keepdims=True) + _RECTIFIED_NORM_EPS)
+    logits, temperature = _validated(logits, spatial_ndim, temperature, "logits")
+    return _normalize(logits, temperature, "log_softmax", spatial_ndim)
 
 
 def heatmap_activation(
     x: ArrayLike,
-    kind: ActivationKind = "softmax",
+    kind: Activation = "softmax",
     *,
     spatial_ndim: int = 2,
     temperature: float | Array = 1.0,
@@ -118,11 +114,7 @@ def heatmap_activation(
     abs (±inf) and relu (+inf) put NaN (inf/inf) in that cell and 0 elsewhere, so coordinates are NaN;
     relu's −inf and sigmoid's ±inf are ordinary saturated cells (0, or 1 before normalising), finite.
     """
-    if kind not in _ACTIVATIONS:
-        raise ValueError(f"kind must be one of {_ACTIVATIONS}, got {kind!r}")
-    x = jnp.asarray(x)
-    _check_heatmaps(x, spatial_ndim, "x")
-    _check_positive(temperature, "temperature")
-    return _heatmap_activation(x, jnp.asarray(temperature, jnp.float32), kind, spatial_ndim)
-
-
+    if kind not in ACTIVATIONS:
+        raise ValueError(f"kind must be one of {ACTIVATIONS}, got {kind!r}")
+    x, temperature = _validated(x, spatial_ndim, temperature, "x")
+    return _normalize(x, temperature, kind, spatial_ndim)

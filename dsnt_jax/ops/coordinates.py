@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
-from dsnt_jax.ops._checks import Array, ArrayLike, _check_heatmaps, _check_size, _float
+from dsnt_jax.ops._checks import Array, ArrayLike, as_float, check_heatmaps, check_size
 
 
-def normalized_linspace(n: int, dtype: jnp.dtype = jnp.float32) -> Array:
+def normalized_linspace(n: int, dtype: DTypeLike = jnp.float32) -> Array:
     """Normalised pixel-centre coordinates of an ``n``-pixel axis: ``(2i + 1)/n - 1`` for ``i = 0..n-1``.
 
     Args:
@@ -29,7 +30,7 @@ def normalized_linspace(n: int, dtype: jnp.dtype = jnp.float32) -> Array:
 
 
 def _reversed_size(size: Sequence[int], d: int) -> Array:
-    return jnp.asarray(_check_size(size, d)[::-1], dtype=jnp.float32)
+    return jnp.asarray(check_size(size, d)[::-1], dtype=jnp.float32)
 
 
 def pixel_to_normalized_coordinates(coords: ArrayLike, size: Sequence[int]) -> Array:
@@ -42,7 +43,7 @@ def pixel_to_normalized_coordinates(coords: ArrayLike, size: Sequence[int]) -> A
     Returns:
       ``[..., d]`` float32: ``(2p + 1)/n - 1`` per axis.
     """
-    coords = _float(coords)
+    coords = as_float(coords)
     scale = _reversed_size(size, coords.shape[-1] if coords.ndim else 0)
     return (2 * coords + 1) / scale - 1
 
@@ -57,14 +58,12 @@ def normalized_to_pixel_coordinates(coords: ArrayLike, size: Sequence[int]) -> A
     Returns:
       ``[..., d]`` float32 pixel coordinates, pixel centres at integers.
     """
-    coords = _float(coords)
+    coords = as_float(coords)
     scale = _reversed_size(size, coords.shape[-1] if coords.ndim else 0)
     return ((coords + 1) * scale - 1) / 2
 
 
-
-
-def _axis_grids(shape: Sequence[int], normalized: bool, dtype) -> list[Array]:
+def _axis_grids(shape: Sequence[int], normalized: bool, dtype: DTypeLike) -> list[Array]:
     """One coordinate vector per spatial axis, in array (…, H, W) order."""
     if normalized:
         return [normalized_linspace(n, dtype) for n in shape]
@@ -84,7 +83,7 @@ def _dsnt_one(heatmap: Array, normalized: bool) -> Array:
     return jnp.stack(expectations[::-1])
 
 
-def _over_points(fn, heatmaps: Array, spatial_ndim: int) -> Array:
+def _over_points(fn: Callable[[Array], Array], heatmaps: Array, spatial_ndim: int) -> Array:
     """Applies a one-heatmap function vmapped over points and then over the flattened leading dims."""
     lead = heatmaps.shape[: heatmaps.ndim - spatial_ndim]
     maps = heatmaps.reshape((-1, lead[-1]) + heatmaps.shape[-spatial_ndim:])
@@ -92,12 +91,9 @@ def _over_points(fn, heatmaps: Array, spatial_ndim: int) -> Array:
     return out.reshape(lead + out.shape[2:])
 
 
+# Shape checks run when jit traces (once per shape), before any computation; the static arguments are plain
+# Python values there, so the checks see them.
 @functools.partial(jax.jit, static_argnames=("normalized_coordinates", "spatial_ndim"))
-def _dsnt(heatmaps: Array, normalized_coordinates: bool, spatial_ndim: int) -> Array:
-    one = functools.partial(_dsnt_one, normalized=normalized_coordinates)
-    return _over_points(one, _float(heatmaps), spatial_ndim)
-
-
 def dsnt(heatmaps: ArrayLike, *, normalized_coordinates: bool = True, spatial_ndim: int = 2) -> Array:
     """The differentiable spatial-to-numerical transform: the expected coordinates of each heatmap.
 
@@ -118,8 +114,9 @@ def dsnt(heatmaps: ArrayLike, *, normalized_coordinates: bool = True, spatial_nd
       even then; the NaN comes back through the loss computed from the coordinates.
     """
     heatmaps = jnp.asarray(heatmaps)
-    _check_heatmaps(heatmaps, spatial_ndim)
-    return _dsnt(heatmaps, bool(normalized_coordinates), spatial_ndim)
+    check_heatmaps(heatmaps, spatial_ndim)
+    one = functools.partial(_dsnt_one, normalized=bool(normalized_coordinates))
+    return _over_points(one, as_float(heatmaps), spatial_ndim)
 
 
 soft_argmax = dsnt
@@ -136,11 +133,6 @@ def _variance_one(heatmap: Array, normalized: bool) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("normalized_coordinates", "spatial_ndim"))
-def _heatmap_variance(heatmaps: Array, normalized_coordinates: bool, spatial_ndim: int) -> Array:
-    one = functools.partial(_variance_one, normalized=normalized_coordinates)
-    return _over_points(one, _float(heatmaps), spatial_ndim)
-
-
 def heatmap_variance(heatmaps: ArrayLike, *, normalized_coordinates: bool = True, spatial_ndim: int = 2) -> Array:
     """Per-point spread ``Var[c]`` of each heatmap's coordinate distribution (paper Eq. 4).
 
@@ -159,7 +151,6 @@ def heatmap_variance(heatmaps: ArrayLike, *, normalized_coordinates: bool = True
       variances NaN or inf (and their gradients non-finite); other points are unaffected.
     """
     heatmaps = jnp.asarray(heatmaps)
-    _check_heatmaps(heatmaps, spatial_ndim)
-    return _heatmap_variance(heatmaps, bool(normalized_coordinates), spatial_ndim)
-
-
+    check_heatmaps(heatmaps, spatial_ndim)
+    one = functools.partial(_variance_one, normalized=bool(normalized_coordinates))
+    return _over_points(one, as_float(heatmaps), spatial_ndim)

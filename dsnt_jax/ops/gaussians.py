@@ -11,17 +11,21 @@ import jax.numpy as jnp
 from dsnt_jax.ops._checks import (
     Array,
     ArrayLike,
-    _check_coords,
-    _check_positive,
-    _check_size,
-    _float,
+    as_float,
+    check_coords,
+    check_sigma,
+    check_size,
+    outer_product,
 )
 from dsnt_jax.ops.coordinates import normalized_linspace
 
 
-def _gauss_axes(means: Array, size: tuple[int, ...], sigma: Array, normalize: bool, log: bool = False
-                ) -> list[Array]:
+def gauss_axes(
+    means: Array, size: Sequence[int], sigma: Array, normalize: bool, log: bool = False
+) -> list[Array]:
     """Per-axis factors of an isotropic Gaussian on the normalised grid, in array (…, H, W) order.
+
+    The separable form behind :func:`make_gauss`, also used by the JS regulariser, which needs the log factors.
 
     ``means`` is ``[..., L, d]`` in (x, y, …) order and ``sigma`` (pixels) broadcasts against ``[..., L]``.
     With ``normalize`` every factor is a softmax over its axis, so the separable product sums to 1 however
@@ -53,41 +57,11 @@ def _gauss_axes(means: Array, size: tuple[int, ...], sigma: Array, normalize: bo
     return factors
 
 
-def _outer_product(factors: list[Array]) -> Array:
-    """Π_k f_k as an outer product: ``[..., n_1], …, [..., n_d]`` → ``[..., n_1, …, n_d]``."""
-    d = len(factors)
-    total = 1.0
-    for k, f in enumerate(factors):
-        shape = f.shape[:-1] + tuple(f.shape[-1] if j == k else 1 for j in range(d))
-        total = total * f.reshape(shape)
-    return total
-
-
-def _outer_sum(terms: list[Array]) -> Array:
-    """Σ_k t_k as an outer sum: ``[..., n_1], …, [..., n_d]`` → ``[..., n_1, …, n_d]``."""
-    d = len(terms)
-    total = 0.0
-    for k, t in enumerate(terms):
-        total = total + t.reshape(t.shape[:-1] + tuple(t.shape[-1] if j == k else 1 for j in range(d)))
-    return total
-
-
+# The jit-compiled implementation of make_gauss. It stays separate because make_gauss checks a concrete `sigma`
+# (> 0), which jit would turn into a tracer before the check could see its value.
 @functools.partial(jax.jit, static_argnames=("size", "normalize"))
 def _make_gauss(means: Array, size: tuple[int, ...], sigma: Array, normalize: bool) -> Array:
-    return _outer_product(_gauss_axes(_float(means), size, _float(sigma), normalize))
-
-
-def _check_sigma(sigma, means: Array, name: str = "sigma") -> Array:
-    sigma = jnp.asarray(sigma)
-    _check_positive(sigma, name)
-    try:
-        jnp.broadcast_shapes(sigma.shape, means.shape[:-1])
-    except ValueError:
-        raise ValueError(
-            f"{name} must be a scalar or broadcastable to the points' shape [..., L] = {tuple(means.shape[:-1])}, "
-            f"got shape {tuple(sigma.shape)}"
-        ) from None
-    return sigma
+    return outer_product(gauss_axes(as_float(means), size, as_float(sigma), normalize))
 
 
 def make_gauss(
@@ -114,9 +88,7 @@ def make_gauss(
       dsntnn. Concrete ``sigma`` that is NaN or ≤ 0 is rejected.
     """
     means = jnp.asarray(means)
-    _check_coords(means, name="means")
-    size = _check_size(size, means.shape[-1])
-    sigma = _check_sigma(sigma, means)
+    check_coords(means, name="means")
+    size = check_size(size, means.shape[-1])
+    sigma = check_sigma(sigma, means.shape[:-1])
     return _make_gauss(means, size, sigma, bool(normalize))
-
-

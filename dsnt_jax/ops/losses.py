@@ -5,30 +5,21 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from dsnt_jax.ops._checks import (
-    Array,
-    ArrayLike,
-    _check_coords,
-    _check_same_shape,
-    _float,
-)
+from dsnt_jax.ops._checks import Array, ArrayLike, as_float, check_coords, check_same_shape
+
+# Every op here is jit-compiled whole: its shape checks run when jit traces (once per shape), before any
+# computation, and raise from there.
 
 
-def _check_pair(actual: Array, target: Array) -> None:
-    _check_coords(actual, name="actual")
-    _check_same_shape(actual, target, "actual and target coordinates ([..., L, d])")
+def _pair(actual: ArrayLike, target: ArrayLike) -> tuple[Array, Array]:
+    """Checks two ``[..., L, d]`` coordinate arrays of the same shape; returns them as float arrays."""
+    actual, target = jnp.asarray(actual), jnp.asarray(target)
+    check_coords(actual, name="actual")
+    check_same_shape(actual, target, "actual and target coordinates ([..., L, d])")
+    return as_float(actual), as_float(target)
 
 
 @jax.jit
-def _euclidean_losses(actual: Array, target: Array) -> Array:
-    sq = jnp.sum(jnp.square(_float(actual) - _float(target)), axis=-1)
-    # Double `where`: sqrt's derivative is infinite at 0, so feed it a safe value there and define the
-    # gradient at zero distance as 0 (a subgradient; torch.norm does the same). The guard is `sq == 0`, not
-    # `sq > 0`: NaN compares false to both, and must take the sqrt branch so that it reaches the loss.
-    zero = sq == 0
-    return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, sq)))
-
-
 def euclidean_losses(actual: ArrayLike, target: ArrayLike) -> Array:
     """Euclidean distance between predicted and target points (paper Eq. 2).
 
@@ -41,18 +32,16 @@ def euclidean_losses(actual: ArrayLike, target: ArrayLike) -> Array:
       inputs propagate as in dsntnn (``torch.norm``): a NaN coordinate gives a NaN distance and NaN
       gradients for that point, ±inf gives ``inf`` with NaN gradients (inf/inf); other points are unaffected.
     """
-    actual, target = jnp.asarray(actual), jnp.asarray(target)
-    _check_pair(actual, target)
-    return _euclidean_losses(actual, target)
+    actual, target = _pair(actual, target)
+    sq = jnp.sum(jnp.square(actual - target), axis=-1)
+    # Double `where`: sqrt's derivative is infinite at 0, so feed it a safe value there and define the
+    # gradient at zero distance as 0 (a subgradient; torch.norm does the same). The guard is `sq == 0`, not
+    # `sq > 0`: NaN compares false to both, and must take the sqrt branch so that it reaches the loss.
+    zero = sq == 0
+    return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, sq)))
 
 
 @jax.jit
-def _l1_losses(actual: Array, target: Array) -> Array:
-    diff = _float(actual) - _float(target)
-    # sign(0) = 0, so the gradient at zero error is 0 as in PyTorch.
-    return jnp.mean(diff * jax.lax.stop_gradient(jnp.sign(diff)), axis=-1)
-
-
 def l1_losses(actual: ArrayLike, target: ArrayLike) -> Array:
     """Mean absolute error over the coordinate axis.
 
@@ -65,16 +54,13 @@ def l1_losses(actual: ArrayLike, target: ArrayLike) -> Array:
       NaN gradients (dsntnn's gradient there is 0, since ``torch.sign(nan) = 0``); ±inf gives ``inf`` with
       the finite slope ±1/d.
     """
-    actual, target = jnp.asarray(actual), jnp.asarray(target)
-    _check_pair(actual, target)
-    return _l1_losses(actual, target)
+    actual, target = _pair(actual, target)
+    diff = actual - target
+    # sign(0) = 0, so the gradient at zero error is 0 as in PyTorch.
+    return jnp.mean(diff * jax.lax.stop_gradient(jnp.sign(diff)), axis=-1)
 
 
 @jax.jit
-def _mse_losses(actual: Array, target: Array) -> Array:
-    return jnp.mean(jnp.square(_float(actual) - _float(target)), axis=-1)
-
-
 def mse_losses(actual: ArrayLike, target: ArrayLike) -> Array:
     """Mean squared error over the coordinate axis.
 
@@ -86,23 +72,11 @@ def mse_losses(actual: ArrayLike, target: ArrayLike) -> Array:
       ``[..., L]`` float32: ``mean_k (actual_k - target_k)²`` (mean, not sum, as dsntnn). NaN and ±inf
       propagate to the value (NaN, inf) and gradient (NaN, ±inf) of their point, as in dsntnn.
     """
-    actual, target = jnp.asarray(actual), jnp.asarray(target)
-    _check_pair(actual, target)
-    return _mse_losses(actual, target)
+    actual, target = _pair(actual, target)
+    return jnp.mean(jnp.square(actual - target), axis=-1)
 
 
 @jax.jit
-def _average_loss(losses: Array, mask: Array | None) -> Array:
-    losses = _float(losses)
-    if mask is None:
-        return jnp.sum(losses) / max(losses.size, 1)
-    mask = mask.astype(losses.dtype)
-    # Select, then weight: a masked-out loss that is NaN or inf must not reach the sum (mask·loss would give
-    # 0·NaN = NaN), nor the mask's gradient, which is the selected loss. A NaN mask entry is != 0: it stays.
-    kept = jnp.where(mask != 0, losses, 0.0)
-    return jnp.sum(mask * kept) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
 def average_loss(losses: ArrayLike, mask: ArrayLike | None = None) -> Array:
     """Mean of per-point losses, optionally over the unmasked points only.
 
@@ -129,10 +103,13 @@ def average_loss(losses: ArrayLike, mask: ArrayLike | None = None) -> Array:
     the value is finite. Replace masked targets by a finite value first, e.g.
     ``jnp.where(mask[..., None] != 0, target, 0.0)``, as :func:`dsnt_jax.models.pose_loss` does.
     """
-    losses = jnp.asarray(losses)
-    if mask is not None:
-        mask = jnp.asarray(mask)
-        _check_same_shape(losses, mask, "losses and mask ([..., L])")
-    return _average_loss(losses, mask)
-
-
+    losses = as_float(losses)
+    if mask is None:
+        return jnp.sum(losses) / max(losses.size, 1)
+    mask = jnp.asarray(mask)
+    check_same_shape(losses, mask, "losses and mask ([..., L])")
+    mask = mask.astype(losses.dtype)
+    # Select, then weight: a masked-out loss that is NaN or inf must not reach the sum (mask·loss would give
+    # 0·NaN = NaN), nor the mask's gradient, which is the selected loss. A NaN mask entry is != 0: it stays.
+    kept = jnp.where(mask != 0, losses, 0.0)
+    return jnp.sum(mask * kept) / jnp.maximum(jnp.sum(mask), 1.0)

@@ -35,9 +35,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import serialization
 
-from train.workdir import WorkdirError, check_writable
-
-CORRUPT_DIR = "checkpoints-corrupt"
+from train.loop.workdir import CORRUPT_DIR, WorkdirError, check_writable
 
 
 class CheckpointError(WorkdirError):

@@ -13,7 +13,7 @@ by the box). A box's side must be `MIN_BOX_SIDE_FRACTION`–`MAX_BOX_SIDE_FRACTI
 longer side (`scale_range`) and its centre within `MAX_CENTRE_DISTANCE` (100) longer sides of the origin;
 a box that overlaps the image by less than `MIN_BOX_OVERLAP` (a quarter of its area) gets a
 `BoxOutsideImageWarning`, since the network then sees mostly black padding and still answers.
-Images are arrays in the displayed orientation; `train.images.read_rgb` reads files that way.
+Images are arrays in the displayed orientation; `train.inference.images.read_rgb` reads files that way.
 """
 
 from __future__ import annotations
@@ -33,11 +33,12 @@ import numpy as np
 from data import augment, records
 from data.joints import NUM_JOINTS
 from dsnt_jax import ops
-from dsnt_jax.models import create_model
-from train import config as config_lib
-from train.checkpoint import Checkpointer
-from train.images import to_uint8_rgb
-from train.steps import coords_from_logits
+from dsnt_jax.models import fold as fold_lib
+from train.inference import forward
+from train.inference.images import to_uint8_rgb
+from train.loop import config as config_lib
+from train.loop.checkpoint import Checkpointer
+from train.loop.workdir import RunDir
 
 # The record image frame is MPII's, 1-based; predictions are returned 0-based (numpy pixel centres).
 _FRAME_OFFSET = 1.0
@@ -132,15 +133,39 @@ def _canvas_size(input_size: int) -> int:
 class PoseEstimator:
     """A trained pose network with its preprocessing; see the module docstring."""
 
-    def __init__(self, cfg: config_lib.Config, variables: dict[str, Any], *, flip_test: bool = False):
-        """Wraps restored `variables` ({'params', 'batch_stats'}) of the model described by `cfg`."""
+    def __init__(self, cfg: config_lib.Config, variables: dict[str, Any], *, flip_test: bool = False,
+                 fold_batchnorm: bool = True):
+        """Wraps restored `variables` ({'params', 'batch_stats'}) of the model described by `cfg`.
+
+        With `fold_batchnorm` (default) each BatchNorm is folded into the convolution before it once, here
+        (`dsnt_jax.models.fold_batchnorm`; equal to the unfolded network to float32 rounding), so a call runs
+        fewer, fused kernels. Each batch size is compiled ahead of time on first use and reused.
+        """
         self.config = cfg
         self.flip_test = flip_test
-        self.model = create_model(cfg.backbone, res=cfg.res if cfg.is_resnet else None, output=cfg.output,
-                                  activation=cfg.activation, **cfg.overrides_dict())
-        self.variables = jax.device_put(variables)
-        self.mean_rgb = None if cfg.is_resnet else augment.HOURGLASS_INPUT.mean_rgb
-        self._forward = jax.jit(self._forward_impl)
+        self.model = cfg.model.build()
+        # `apply_fn(self.variables, images, train=False)` is the network's forward, folded or not.
+        self.apply_fn: Any
+        size = cfg.model.input_size
+        if fold_batchnorm:
+            folded = fold_lib.fold_batchnorm(self.model, variables, input_shape=(1, size, size, 3))
+            self.apply_fn = functools.partial(_without_train_flag, folded.apply)
+            variables = folded.variables
+        else:
+            self.apply_fn = self.model.apply
+        self.variables = jax.device_put(variables)  # device-resident: no copy of the weights per call
+        self.mean_rgb = None if cfg.model.is_resnet else augment.HOURGLASS_INPUT.mean_rgb
+        self._compiled: dict[int, Any] = {}
+
+    def _forward(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(coords [B, J, 2], heatmaps [B, J, h, w]) of preprocessed images [B, S, S, 3], one program per B."""
+        batch = images.shape[0]
+        if batch not in self._compiled:
+            model = self.config.model
+            fn = functools.partial(forward.predict, self.apply_fn, output=model.output,
+                                   activation=model.activation, flip_test=self.flip_test)
+            self._compiled[batch] = jax.jit(fn).lower(self.variables, images).compile()
+        return self._compiled[batch](self.variables, images)
 
     @classmethod
     def from_checkpoint(cls, workdir: str | os.PathLike, *, step: str | int = "best",
@@ -153,31 +178,15 @@ class PoseEstimator:
             is gone), 'latest', or a step number.
           flip_test: average the predictions of each image and its mirror (docs/paper-recipe.md §8).
         """
-        workdir = os.fspath(workdir)
-        config_path = os.path.join(workdir, config_lib.CONFIG_FILE)
-        if not os.path.exists(config_path):
-            raise FileNotFoundError(f"{workdir} is not a training run directory: {config_path} is missing "
-                                    f"(train one with `python -m train.main --workdir {workdir} ...`)")
-        with open(config_path, encoding="utf-8") as f:
-            cfg = config_lib.Config.from_json(f.read())
-        checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+        run_dir = RunDir(os.fspath(workdir))
+        cfg = run_dir.read_config()
+        checkpointer = Checkpointer(run_dir.checkpoints, read_only=True)
         try:
             state, _ = checkpointer.restore_raw(checkpointer.resolve_step(step))
         finally:
             checkpointer.close()
         variables = {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
         return cls(cfg, variables, flip_test=flip_test)
-
-    def _forward_impl(self, variables: Any, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-        out = self.model.apply(variables, images, train=False)
-        logits = out["logits"]
-        if self.flip_test:
-            mirrored = self.model.apply(variables, augment.flip_images(images), train=False)["logits"]
-            logits = 0.5 * (logits + augment.unflip_heatmaps(mirrored))
-        coords = coords_from_logits(logits, variables["params"], output=self.config.output,
-                                    activation=self.config.activation)
-        heatmaps = logits if self.config.output == "hm" else ops.heatmap_activation(logits, self.config.activation)
-        return coords, heatmaps
 
     def preprocess(self, image: np.ndarray, box: Box | None = None) -> dict[str, np.ndarray]:
         """Crops one RGB image [H, W, 3] (uint8, uint16, or float in [0, 1]) to the network input.
@@ -191,13 +200,13 @@ class PoseEstimator:
         image = to_uint8_rgb(image)
         box = box or Box.whole_image(*image.shape[:2])
         check_box(box, *image.shape[:2])
-        canvas_size = _canvas_size(self.config.input_size)
+        canvas_size = _canvas_size(self.config.model.input_size)
         center = np.asarray(box.center, np.float64) + _FRAME_OFFSET
         canvas_to_image = records.canvas_transform(center, box.scale, canvas_size)
         record = {"image": records.render_canvas(image, canvas_to_image, canvas_size),
                   "joints": np.zeros((NUM_JOINTS, 2), np.float32), "annotated": np.zeros(NUM_JOINTS, bool),
                   "canvas_to_image": canvas_to_image}
-        sample = augment.preprocess_eval(record, self.config.input_size, self.mean_rgb)
+        sample = augment.preprocess_eval(record, self.config.model.input_size, self.mean_rgb)
         return {"image": sample["image"], "normalized_to_image": sample["normalized_to_image"]}
 
     def predict(self, images: Sequence[np.ndarray], boxes: Sequence[Box | None] | None = None
@@ -226,15 +235,21 @@ class PoseEstimator:
         samples = [self.preprocess(im, box) for im, box in zip(images, boxes)]  # checks the boxes
         _warn_boxes_outside(images, boxes)
         batch = jnp.asarray(np.stack([s["image"] for s in samples]))
-        coords, heatmaps = jax.device_get(self._forward(self.variables, batch))
+        coords, heatmaps = jax.device_get(self._forward(batch))
         affines = np.stack([s["normalized_to_image"] for s in samples])
         joints = augment.normalized_to_image_points(coords, affines) - _FRAME_OFFSET
-        spread = _spread_pixels(heatmaps, affines) if self.config.output != "hm" else np.full(
+        spread = _spread_pixels(heatmaps, affines) if self.config.model.output != "hm" else np.full(
             heatmaps.shape[:2], np.nan)
         return [Prediction(joints=joints[i].astype(np.float32), coords=coords[i], heatmaps=heatmaps[i],
                            spread=spread[i],
                            box=box or Box.whole_image(*np.asarray(im).shape[:2]))
                 for i, (im, box) in enumerate(zip(images, boxes))]
+
+
+def _without_train_flag(apply: Any, variables: Any, images: jax.Array, train: bool = False) -> Any:
+    """A folded forward (always inference mode) with the `model.apply` signature `forward.predict` calls."""
+    assert not train, "a folded network has no training mode"
+    return apply(variables, images)
 
 
 def _warn_boxes_outside(images: Sequence[np.ndarray], boxes: Sequence[Box | None]) -> None:

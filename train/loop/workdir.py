@@ -1,4 +1,7 @@
-"""The run directory (`--workdir`): checks that it can be used, an exclusive lock, atomic small files.
+"""The run directory (`--workdir`): its layout, its config, an exclusive lock, atomic small files.
+
+`RunDir` names every file of a run (config.json, checkpoints/, checkpoints-corrupt/, metrics.jsonl,
+tensorboard/, .lock) and reads and writes its `Config`; nothing else spells those names.
 
 A workdir belongs to one training process at a time. `RunLock` holds an exclusive `flock` on
 `WORKDIR/.lock` for the life of the run; the kernel releases it when the process dies however it dies
@@ -9,6 +12,7 @@ the holder's PID, host and start time, to name it when a second process is refus
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -17,11 +21,71 @@ import tempfile
 import time
 from collections.abc import Iterator
 
+from train.loop.config import Config
+
+CONFIG_FILE = "config.json"
+CHECKPOINTS_DIR = "checkpoints"
+CORRUPT_DIR = "checkpoints-corrupt"
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
 LOCK_FILE = ".lock"
 
 
 class WorkdirError(RuntimeError):
     """A problem with the run directory that the user can fix; the CLI prints it as one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+    """The files of one training run under `path` (see the module docstring)."""
+
+    path: str
+
+    @property
+    def config_file(self) -> str:
+        """The run's resolved `Config`, written once the run has started (it describes the checkpoints)."""
+        return os.path.join(self.path, CONFIG_FILE)
+
+    @property
+    def checkpoints(self) -> str:
+        """orbax checkpoints, one folder per step (`train.loop.checkpoint.Checkpointer`)."""
+        return os.path.join(self.path, CHECKPOINTS_DIR)
+
+    @property
+    def corrupt_checkpoints(self) -> str:
+        """Where damaged checkpoints are moved when a resume skips them."""
+        return os.path.join(self.path, CORRUPT_DIR)
+
+    @property
+    def metrics_file(self) -> str:
+        """JSON lines, one record per log or validation (`train.loop.metrics.MetricsWriter`)."""
+        return os.path.join(self.path, METRICS_FILE)
+
+    @property
+    def tensorboard(self) -> str:
+        return os.path.join(self.path, TENSORBOARD_DIR)
+
+    @property
+    def lock_file(self) -> str:
+        return os.path.join(self.path, LOCK_FILE)
+
+    def has_config(self) -> bool:
+        return os.path.exists(self.config_file)
+
+    def read_config(self) -> Config:
+        """The run's `Config`.
+
+        Raises:
+          FileNotFoundError: not a training run directory (no config.json), saying how to make one.
+        """
+        if not self.has_config():
+            raise FileNotFoundError(f"{self.path} is not a training run directory: {self.config_file} is missing "
+                                    f"(train one with `python -m train.main --workdir {self.path} ...`)")
+        with open(self.config_file, encoding="utf-8") as f:
+            return Config.from_json(f.read())
+
+    def write_config(self, cfg: Config) -> None:
+        write_atomic(self.config_file, cfg.to_json())
 
 
 def _describe(err: OSError) -> str:
@@ -66,7 +130,7 @@ class RunLock:
     """An exclusive lock on a workdir (see the module docstring). Use as a context manager."""
 
     def __init__(self, workdir: str):
-        self.path = os.path.join(workdir, LOCK_FILE)
+        self.path = RunDir(workdir).lock_file
         self._fd: int | None = None
 
     def acquire(self) -> None:

@@ -18,10 +18,7 @@ from typing import Any
 
 import tqdm
 
-from train.workdir import write_atomic
-
-METRICS_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
+from train.loop.workdir import RunDir, write_atomic
 
 
 def _clean(value: Any) -> Any:
@@ -43,12 +40,13 @@ class MetricsWriter:
         self._tb = None
         if enabled:
             os.makedirs(workdir, exist_ok=True)
-            path = os.path.join(workdir, METRICS_FILE)
+            run_dir = RunDir(workdir)
+            path = run_dir.metrics_file
             _drop_records_after(path, resume_step)
             self._jsonl = open(path, "a", encoding="utf-8")
-            from tensorboardX import SummaryWriter
+            from tensorboardX import SummaryWriter  # only the first host writes TensorBoard logs
 
-            self._tb = SummaryWriter(os.path.join(workdir, TENSORBOARD_DIR), purge_step=resume_step + 1)
+            self._tb = SummaryWriter(run_dir.tensorboard, purge_step=resume_step + 1)
 
     def write(self, split: str, step: int, epoch: int, values: Mapping[str, Any]) -> None:
         """Logs scalar `values` of `split` ('train' or 'val') at `step`."""
@@ -118,3 +116,28 @@ class Progress:
 
     def close(self) -> None:
         self._bar.close()
+
+
+def read_val_records(workdir: str) -> list[dict[str, Any]]:
+    """The 'val' records of workdir/metrics.jsonl in file order ([] if there is no file).
+
+    A torn last line (a run killed while writing) is ignored; any other unreadable line raises ValueError.
+    """
+    path = RunDir(workdir).metrics_file
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                continue
+            raise ValueError(f"{path}, line {i + 1}, is not JSON: {line[:80]!r}; fix or delete the line") from None
+        if record.get("split") == "val":
+            out.append(record)
+    return out

@@ -9,61 +9,28 @@ paper's figures) or grouped bars (the paper's tables); `format_tables` gives the
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
-
-from train.metrics import METRICS_FILE
-
-if TYPE_CHECKING:  # train.experiments imports this module: no import back at run time
-    from train.experiments import Experiment, Run
+from train.experiments.grid import Experiment, Run, reached_last_epoch
+from train.experiments.plots import grouped, pivot, plot_bars, plot_curves
+from train.loop.metrics import read_val_records
 
 CSV_COLUMNS: tuple[str, ...] = (
-    "experiment", "run", "series", "x", "res", "heatmap", "train_samples", "epochs", "hm_amplitude", "done",
+    "experiment", "run", "seed", "series", "x", "res", "heatmap", "train_samples", "epochs", "hm_amplitude", "done",
     "epoch", "total", "pckh@0.1", "auc", "best_total", "best_epoch")
-
-
-def read_val_records(workdir: str) -> list[dict[str, Any]]:
-    """The 'val' records of workdir/metrics.jsonl in file order ([] if there is no file).
-
-    A torn last line (a run killed while writing) is ignored; any other unreadable line raises ValueError.
-    """
-    path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.isfile(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    out = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                continue
-            raise ValueError(f"{path}, line {i + 1}, is not JSON: {line[:80]!r}; fix or delete the line")
-        if record.get("split") == "val":
-            out.append(record)
-    return out
-
-
-def reached_last_epoch(records: Sequence[Mapping[str, Any]], epochs: int) -> bool:
-    """True if one of the 'val' records is the validation after the run's last epoch (`epochs`)."""
-    return any(r.get("epoch", 0) >= epochs for r in records)
 
 
 def summarize_run(experiment: str, run: Run) -> dict[str, Any]:
     """One results row (`CSV_COLUMNS`) for `run`: its last and best validation; blanks if none yet."""
     cfg = run.config
-    row: dict[str, Any] = {"experiment": experiment, "run": run.name, "series": run.series, "x": run.x,
-                           "res": cfg.res, "heatmap": cfg.heatmap_size,
+    row: dict[str, Any] = {"experiment": experiment, "run": run.name, "seed": cfg.seed, "series": run.series,
+                           "x": run.x,
+                           "res": cfg.model.res, "heatmap": cfg.model.heatmap_size,
                            "train_samples": cfg.train_samples, "epochs": cfg.epochs,
-                           "hm_amplitude": cfg.hm_amplitude if cfg.output == "hm" else None}
+                           "hm_amplitude": cfg.hm_amplitude if cfg.model.output == "hm" else None}
     records = read_val_records(cfg.workdir)
     row["done"] = reached_last_epoch(records, cfg.epochs)
     if records:
@@ -86,25 +53,26 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str) -> str:
     return path
 
 
-def pivot(rows: Sequence[Mapping[str, Any]], value: str = "total"
-          ) -> tuple[list[str], list[Any], dict[tuple[str, Any], float | None]]:
-    """(series in order of appearance, x values in order, {(series, x): value}) of the results rows."""
-    series = list(dict.fromkeys(r["series"] for r in rows))
-    xs = list(dict.fromkeys(r["x"] for r in rows))
-    if all(isinstance(x, (int, float)) for x in xs):
-        xs = sorted(xs)
-    return series, xs, {(r["series"], r["x"]): r.get(value) for r in rows}
-
-
 def _cell(value: Any) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
 
 
+def _mean_cell(values: Sequence[float]) -> str:
+    """'42.1' for one seed; 'mean ± half the range (n)' for several."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return _cell(values[0])
+    return f"{sum(values) / len(values):.1f} ± {(max(values) - min(values)) / 2:.1f} ({len(values)})"
+
+
 def format_tables(experiment: Experiment, rows: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown tables: final PCKh total as series × x (the paper's layout), then one line per run."""
-    series, xs, values = pivot(rows)
+    """Markdown tables: final PCKh total as series × x (the paper's layout; several seeds: mean ± half their
+    range, and their count), then one line per run."""
+    series, xs, _ = pivot(rows)
+    values = grouped(rows)
     lines = ["| " + " | ".join(["series", *map(str, xs)]) + " |", "|" + "---|" * (len(xs) + 1)]
-    lines += ["| " + " | ".join([s, *(_cell(values.get((s, x))) for x in xs)]) + " |" for s in series]
+    lines += ["| " + " | ".join([s, *(_mean_cell(values.get((s, x), [])) for x in xs)]) + " |" for s in series]
     lines += ["", "| run | heatmap | epochs | PCKh | PCKh@0.1 | AUC | best (epoch) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         best = "-" if r.get("best_total") is None else f"{_cell(r['best_total'])} ({r['best_epoch']})"
@@ -114,42 +82,12 @@ def format_tables(experiment: Experiment, rows: Sequence[Mapping[str, Any]]) -> 
     return f"{title}: validation PCKh total (%)\n\n" + "\n".join(lines)
 
 
-def plot_bars(rows: Sequence[Mapping[str, Any]], path: str, *, title: str, xlabel: str) -> str:
-    """Grouped bar chart of final PCKh: one group per series, one bar per x value (paper tables)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    series, xs, values = pivot(rows)
-    fig = Figure(figsize=(6.0, 4.0), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    width = 0.8 / len(xs)
-    for i, x in enumerate(xs):
-        heights = [values.get((s, x)) for s in series]
-        keep = [j for j, h in enumerate(heights) if h is not None and np.isfinite(h)]
-        bars = ax.bar([j + (i - (len(xs) - 1) / 2) * width for j in keep], [heights[j] for j in keep],
-                      width, label=str(x))
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax.set_xticks(range(len(series)), series)
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("validation PCKh total (%)")
-    ax.grid(True, axis="y", alpha=0.3)
-    if len(xs) > 1:
-        ax.legend()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path)
-    return path
-
-
 def plot_experiment(experiment: Experiment, rows: Sequence[Mapping[str, Any]], path: str) -> str | None:
     """The experiment's PNG (line plot vs x, log2 axis, or bars); None when no run has a result yet."""
     if not any(r.get("total") is not None for r in rows):
         return None
     if experiment.kind == "bar":
         return plot_bars(rows, path, title=experiment.title, xlabel=experiment.xlabel)
-    from train.visualize import plot_curves
-
     series, xs, values = pivot(rows)
     wide = [{"x": x, **{s: values.get((s, x)) for s in series}} for x in xs]
     return plot_curves(wide, "x", series, path, title=experiment.title, xlabel=experiment.xlabel,

@@ -20,10 +20,11 @@ from typing import Any
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 from data.augment import HOURGLASS_INPUT, IDENTITY, RESNET_INPUT, normalized_to_canvas
 from data.pipeline import make_eval_loader, make_train_loader
-from train.config import Config
+from train.loop.config import Config
 
 TRAIN_SPLIT = "train"
 VAL_SPLIT = "validation"
@@ -94,8 +95,6 @@ def first_host_first(fn: Callable[[], Any], name: str) -> Any:
     """
     if jax.process_count() == 1:
         return fn()
-    from jax.experimental import multihost_utils
-
     if jax.process_index() == 0:
         result = fn()
         multihost_utils.sync_global_devices(name)
@@ -152,8 +151,8 @@ def open_datasets(cfg: Config, log: Callable[[str], None] = print) -> Datasets:
 
 def input_spec(cfg: Config) -> tuple[int, tuple[float, float, float] | None]:
     """(input side, mean RGB or None): ResNets take [0, 1] RGB, hourglasses [0, 1] minus the MPII mean."""
-    spec = RESNET_INPUT if cfg.is_resnet else HOURGLASS_INPUT
-    return cfg.input_size, spec.mean_rgb
+    spec = RESNET_INPUT if cfg.model.is_resnet else HOURGLASS_INPUT
+    return cfg.model.input_size, spec.mean_rgb
 
 
 def steps_per_epoch(cfg: Config, num_train: int) -> int:

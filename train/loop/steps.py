@@ -24,12 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import linen as nn
 
-from data.augment import flip_images, unflip_heatmaps
-from dsnt_jax import ops
-from dsnt_jax.models import hm_decode, pose_loss
-from train.state import TrainState
+from dsnt_jax.models import pose_loss
+from train.inference import forward
+from train.loop.state import TrainState
 
 AXIS = "batch"
 Batch = dict[str, jax.Array]
@@ -109,44 +107,15 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def coords_from_logits(logits: jax.Array, params: Any, *, output: str, activation: str) -> jax.Array:
-    """Applies a model's output strategy to raw heatmap logits [B, J, H, W] → coords [B, J, 2].
-
-    For 'fc' the shared Dense(H·W → 2) is read from `params['out_fc']` (its name in the pose models).
-    """
-    logits = logits.astype(jnp.float32)
-    if output == "hm":
-        return hm_decode(logits)
-    heatmaps = ops.heatmap_activation(logits, activation)
-    if output == "dsnt":
-        return ops.dsnt(heatmaps)
-    b, j, h, w = heatmaps.shape
-    return nn.Dense(2).apply({"params": params["out_fc"]}, heatmaps.reshape(b, j, h * w))
-
-
-def predict_coords(apply_fn: Callable[..., Any], variables: Any, images: jax.Array, *, output: str,
-                   activation: str, flip_test: bool) -> jax.Array:
-    """Inference-mode coordinates [B, J, 2] (normalised) of images [B, S, S, 3].
-
-    With `flip_test` (docs/paper-recipe.md §8) the images and their mirrors run as one batch; the mirrored raw
-    logits of the last stack are flipped back and their left/right channels swapped, the two logit maps
-    averaged, and only then activated and decoded.
-    """
-    if not flip_test:
-        return apply_fn(variables, images, train=False)["coords"]
-    b = images.shape[0]
-    logits = apply_fn(variables, jnp.concatenate([images, flip_images(images)]), train=False)["logits"]
-    averaged = 0.5 * (logits[:b] + unflip_heatmaps(logits[b:]))
-    return coords_from_logits(averaged, variables["params"], output=output, activation=activation)
-
-
 def make_eval_step(apply_fn: Callable[..., Any], *, output: str, activation: str, flip_test: bool,
                    devices: Sequence[jax.Device] | None = None) -> Callable[[Any, jax.Array], jax.Array]:
-    """Builds the pmapped `(variables, images [D, b, S, S, 3]) -> coords [D, b, J, 2]` (normalised)."""
+    """Builds the pmapped `(variables, images [D, b, S, S, 3]) -> coords [D, b, J, 2]` (normalised), the
+    images' predictions by `train.inference.forward.predict`."""
 
     def step(variables: Any, images: jax.Array) -> jax.Array:
-        return predict_coords(apply_fn, variables, images, output=output, activation=activation,
-                              flip_test=flip_test)
+        coords, _ = forward.predict(apply_fn, variables, images, output=output, activation=activation,
+                                    flip_test=flip_test)
+        return coords
 
     return jax.pmap(step, axis_name=AXIS, devices=devices)
 

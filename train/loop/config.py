@@ -20,35 +20,50 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from dsnt_jax.models import ACTIVATIONS, BACKBONES, OUTPUTS, REGULARIZERS, RESNET_SPECS, heatmap_size_for
+from data import synthetic_pose as synthetic
+from dsnt_jax.models import (
+    ACTIVATIONS,
+    BACKBONES,
+    OUTPUTS,
+    REGULARIZERS,
+    RESNET_SPECS,
+    RESOLUTIONS,
+    ModelConfig,
+    ModelConfigError,
+    input_size_for,
+    parse_overrides,
+)
 
 DATASETS: tuple[str, ...] = ("mpii", "synthetic")
 PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 NONFINITE_POLICIES: tuple[str, ...] = ("stop", "skip")
-RESOLUTIONS: tuple[int, ...] = (7, 14, 28, 56)
-CONFIG_FILE = "config.json"
+
+# Command-line flags that set a `ModelConfig` field (flag name → field).
+MODEL_FLAGS: dict[str, str] = {"backbone": "backbone", "res": "res", "output": "output",
+                               "activation": "activation", "input_size": "input_size",
+                               "model_overrides": "overrides"}
 
 # Settings that must not change when a run resumes from its checkpoints: they define the network's
 # parameters or the exact stream of training batches (the data-iterator state depends on them).
 RESUME_KEYS: tuple[str, ...] = (
-    "backbone", "res", "output", "activation", "input_size", "model_overrides", "dataset",
-    "batch_size", "seed", "train_samples", "augment", "synthetic_train", "synthetic_val",
+    "model", "dataset", "batch_size", "seed", "train_samples", "augment", "synthetic_train", "synthetic_val",
     "synthetic_canvas", "num_workers",
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Every setting of a training run (see `python -m train.main --help` for each flag)."""
+    """Every setting of a training run (see `python -m train.main --help` for each flag).
 
-    backbone: str = "resnet50"
-    res: int | None = 28
-    output: str = "dsnt"
+    `model` is the network (`dsnt_jax.models.ModelConfig`); the other fields are the loss, the data, the
+    optimiser and the run's bookkeeping.
+    """
+
+    model: ModelConfig = ModelConfig()
     reg: str = "js"
     sigma: float = 1.0
     reg_coeff: float = 1.0
     hm_amplitude: float = 1.0
-    activation: str = "softmax"
     dataset: str = "mpii"
     data_dir: str | None = None
     epochs: int = 120
@@ -64,7 +79,6 @@ class Config:
     precision: str = "float32"
     eval_every: int = 1
     flip_test: bool = False
-    input_size: int = 224
     num_workers: int = 0
     cache_mb: int = 1024
     keep_checkpoints: int = 3
@@ -73,35 +87,30 @@ class Config:
     synthetic_train: int | None = None
     synthetic_val: int | None = None
     synthetic_canvas: int | None = None
-    model_overrides: str = "{}"
     preset: str | None = None
 
-    @property
-    def is_resnet(self) -> bool:
-        return self.backbone in RESNET_SPECS
-
-    def overrides_dict(self) -> dict[str, Any]:
-        """`model_overrides` decoded (lists become tuples, as the flax module fields expect)."""
-        return {k: tuple(v) if isinstance(v, list) else v
-                for k, v in json.loads(self.model_overrides).items()}
-
-    @property
-    def heatmap_size(self) -> int:
-        """Heatmap side of this run's network (an `upsample` model override gives stride 4 whatever `res`)."""
-        return heatmap_size_for(self.backbone, self.res, self.input_size,
-                                upsample=bool(self.overrides_dict().get("upsample")))
+    def run_name(self) -> str:
+        """'resnet50@28 dsnt+js': the network (marked custom under model overrides) and its loss."""
+        reg = "" if self.reg == "none" else f"+{self.reg}"
+        return self.model.describe() + reg
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+        values = dataclasses.asdict(self)
+        values["model"] = self.model.to_dict()
+        return json.dumps(values, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> Config:
+        """Reads `to_json`'s text, or a config.json of the flat layout written before `model` existed."""
         values = json.loads(text)
+        model = values.pop("model", None)
+        if model is None:  # flat layout: the model's flags sat beside the others
+            model = {field: values.pop(flag) for flag, field in MODEL_FLAGS.items() if flag in values}
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in values.items() if k in known}
         if "lr_milestones" in values:
             values["lr_milestones"] = tuple(values["lr_milestones"])
-        return cls(**values)
+        return cls(model=ModelConfig.from_dict(model), **values)
 
 
 def default_batch_size(backbone: str, res: int | None) -> int:
@@ -150,6 +159,11 @@ def _paper_presets() -> dict[str, dict[str, Any]]:
     return presets
 
 
+# What every CPU-sized run shares (the README's run below and the grids of train.experiments): the embedded
+# synthetic data, a narrow ResNet-18 on 96-px crops, the paper's RMSProp at 8x its learning rate (the runs are
+# ~100x shorter), no augmentation.
+CPU_SIZED: dict[str, Any] = dict(dataset="synthetic", backbone="resnet18", input_size=96, lr=2e-3, augment=False)
+
 # The README's CPU run (README "Set up and run"): DSNTr on the embedded synthetic dataset with a small member of
 # the ResNet family sized for a 2-core CPU: one basic block per stage (ResNet-18 has two), widths 32-64-128-128
 # (ResNet-18: 64-512) after a 16-channel stem, 96-px inputs, res 28 (trunk stride 8) plus a 32-channel
@@ -158,26 +172,24 @@ def _paper_presets() -> dict[str, dict[str, Any]]:
 # 12x12 map, and a quarter of the limb joints missed by less than twice that. The head costs ~6 % of the step and
 # gave +5 points; dilating to stride 4 instead costs several times more. The half-width stem runs ~18 % faster
 # at equal accuracy per epoch, which buys the two extra epochs. At equal time batch 8 beat 16 and 32 (more
-# updates); stride 16 or larger inputs were worse. The paper's RMSProp at 8x its learning rate, since the run is
-# ~100x shorter; no augmentation (the net is capacity-bound, and augmentation slows fitting), so the loader keeps
-# the crops in memory after the first epoch. Validation with the flip test, as the paper's evaluation script;
-# the table shows the plain predictions too.
+# updates); stride 16 or larger inputs were worse. No augmentation: the net is capacity-bound, and augmentation
+# slows fitting; so the loader keeps the crops in memory after the first epoch. Validation with the flip test,
+# as the paper's evaluation script; the table shows the plain predictions too.
 SYNTHETIC_CPU: dict[str, Any] = dict(
-    backbone="resnet18", res=28, input_size=96, output="dsnt", reg="js", dataset="synthetic",
-    epochs=12, batch_size=8, lr=2e-3, lr_milestones=(10,), augment=False, eval_every=6, flip_test=True,
-    workdir="runs/synthetic-cpu",
-    model_overrides=json.dumps({"widths": [32, 64, 128, 128], "stem_width": 16, "stage_sizes": [1, 1, 1, 1],
-                                "upsample": 32}),
+    **CPU_SIZED, res=28, output="dsnt", reg="js", epochs=12, batch_size=8, lr_milestones=(10,), eval_every=6,
+    flip_test=True, workdir="runs/synthetic-cpu",
+    model_overrides={"widths": (32, 64, 128, 128), "stem_width": 16, "stage_sizes": (1, 1, 1, 1), "upsample": 32},
 )
 
 PRESETS: dict[str, dict[str, Any]] = {**_paper_presets(), "synthetic-cpu": SYNTHETIC_CPU}
 
 
-def _csv_ints(text: str) -> tuple[int, ...]:
+def csv_ints(text: str) -> tuple[int, ...]:
+    """argparse type: '60,90' → (60, 90)."""
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated epochs like 60,90, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 60,90, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,48 +200,61 @@ def build_parser() -> argparse.ArgumentParser:
                     "Defaults: the paper's Table 4 run, ResNet-50 @ 28 px DSNTr on MPII.",
         epilog="Presets: " + ", ".join(PRESETS))
     a = p.add_argument
+    d, m = Config(), ModelConfig()
     a("--preset", choices=sorted(PRESETS), metavar="NAME",
       help="start from a named configuration of the paper (explicit flags override it); see the list below")
-    a("--backbone", choices=BACKBONES, help="network (default resnet50)")
-    a("--res", type=int, help="ResNet heatmap side for a 224-px input: 7, 14, 28 or 56 (default 28)")
-    a("--output", choices=OUTPUTS, help="output strategy (default dsnt)")
+    a("--backbone", choices=BACKBONES, help=f"network (default {m.backbone})")
+    a("--res", type=int, help=f"ResNet heatmap side for a {input_size_for('resnet50')}-px input: "
+                              f"{', '.join(map(str, RESOLUTIONS))} (default {m.res})")
+    a("--output", choices=OUTPUTS, help=f"output strategy (default {m.output})")
     a("--reg", choices=REGULARIZERS, help="heatmap regulariser (default js for dsnt = DSNTr, else none)")
-    a("--sigma", type=float, help="regulariser / HM target σ in heatmap pixels (default 1)")
-    a("--reg-coeff", type=float, help="regulariser weight λ (default 1; var: normalised units)")
-    a("--hm-amplitude", type=float, help="HM only: peak of the target Gaussian (default 1, the paper's; not in "
-                                         "the paper: short runs need a larger one to leave the all-zero "
-                                         "heatmap, see dsnt_jax/models/loss.py)")
-    a("--activation", choices=ACTIVATIONS, help="heatmap activation (default softmax)")
-    a("--dataset", choices=DATASETS, help="mpii (built with python -m data.prepare) or synthetic")
+    a("--sigma", type=float, help=f"regulariser / HM target σ in heatmap pixels (default {d.sigma:g})")
+    a("--reg-coeff", type=float, help=f"regulariser weight λ (default {d.reg_coeff:g}; var: normalised units)")
+    a("--hm-amplitude", type=float, help=f"HM only: peak of the target Gaussian (default {d.hm_amplitude:g}, the "
+                                         "paper's; not in the paper: short runs need a larger one to leave the "
+                                         "all-zero heatmap, see dsnt_jax/models/loss.py)")
+    a("--activation", choices=ACTIVATIONS, help=f"heatmap activation (default {m.activation})")
+    a("--dataset", choices=DATASETS, help="mpii (built with python -m data.prepare) or synthetic "
+                                          f"(default {d.dataset})")
     a("--data-dir", help="tfds data directory (default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
-    a("--epochs", type=int, help="training epochs (default 120)")
-    a("--batch-size", type=int, help="global batch size (default 32; hourglass 6, R101@28 24, R50@56 12)")
-    a("--lr", type=float, help="RMSProp learning rate (default 2.5e-4)")
-    a("--lr-milestones", type=_csv_ints, help="epochs where the lr is multiplied by --lr-gamma (default 60,90)")
-    a("--lr-gamma", type=float, help="lr factor at each milestone (default 0.1)")
+    a("--epochs", type=int, help=f"training epochs (default {d.epochs})")
+    a("--batch-size", type=int, help=f"global batch size (default {d.batch_size}; the paper's: "
+                                     f"{default_batch_size('hg2', None)} hourglass, "
+                                     f"{default_batch_size('resnet101', 28)} R101@28, "
+                                     f"{default_batch_size('resnet50', 56)} R50@56)")
+    a("--lr", type=float, help=f"RMSProp learning rate (default {d.lr:g})")
+    a("--lr-milestones", type=csv_ints, help="epochs where the lr is multiplied by --lr-gamma (default "
+                                              f"{','.join(map(str, d.lr_milestones))})")
+    a("--lr-gamma", type=float, help=f"lr factor at each milestone (default {d.lr_gamma:g})")
     a("--train-samples", type=int, help="train on the first N training examples only")
     a("--no-aug", dest="augment", action="store_const", const=False, help="disable augmentation")
     a("--aug", dest="augment", action="store_const", const=True, help="enable augmentation (default; for presets "
                                                                       "without it)")
     a("--pretrained", metavar="PATH", help="torchvision ResNet ImageNet state dict (.pth/.safetensors/.npz)")
-    a("--workdir", help="checkpoints, config.json, metrics.jsonl and TensorBoard logs (default runs/default)")
-    a("--seed", type=int, help="seed of the initialisation, shuffling and augmentation (default 0)")
-    a("--precision", choices=PRECISIONS, help="network compute dtype (parameters stay float32)")
-    a("--eval-every", type=int, help="validate every N epochs (and after the last; default 1)")
+    a("--workdir", help=f"checkpoints, config.json, metrics.jsonl and TensorBoard logs (default {d.workdir})")
+    a("--seed", type=int, help=f"seed of the initialisation, shuffling and augmentation (default {d.seed})")
+    a("--precision", choices=PRECISIONS, help=f"network compute dtype (parameters stay float32; default "
+                                              f"{d.precision})")
+    a("--eval-every", type=int, help=f"validate every N epochs (and after the last; default {d.eval_every})")
     a("--flip-test", action=argparse.BooleanOptionalAction,
       help="also validate with flip test-time augmentation (default off; on in synthetic-cpu)")
-    a("--input-size", type=int, help="input side in px (default 224 ResNet, 256 hourglass)")
-    a("--num-workers", type=int, help="data-loading processes per host (default 0: in the main process)")
+    a("--input-size", type=int, help=f"input side in px (default {input_size_for('resnet50')} ResNet, "
+                                     f"{input_size_for('hg2')} hourglass)")
+    a("--num-workers", type=int, help=f"data-loading processes per host (default {d.num_workers}: in the main "
+                                      "process)")
     a("--cache-mb", type=int, help="with --no-aug: MiB per data-loading process for crops kept after their "
-                                   "first epoch (default 1024; 0 disables)")
-    a("--keep-checkpoints", type=int, help="latest checkpoints kept besides the best (default 3)")
+                                   f"first epoch (default {d.cache_mb}; 0 disables)")
+    a("--keep-checkpoints", type=int, help=f"latest checkpoints kept besides the best (default "
+                                           f"{d.keep_checkpoints})")
     a("--on-nonfinite", choices=NONFINITE_POLICIES,
       help="a step whose loss or new parameters are not finite is never applied; 'stop' (default) ends the run "
            "there without saving, 'skip' drops that step's update and goes on")
-    a("--log-every", type=int, help="steps between metric log lines (default 20)")
-    a("--synthetic-train", type=int, help="synthetic dataset: training examples (default 6000)")
-    a("--synthetic-val", type=int, help="synthetic dataset: validation examples (default 500)")
-    a("--synthetic-canvas", type=int, help="synthetic dataset: canvas side, multiple of 6 (default 192)")
+    a("--log-every", type=int, help=f"steps between metric log lines (default {d.log_every})")
+    a("--synthetic-train", type=int, help="synthetic dataset: training examples (default "
+                                          f"{synthetic.DEFAULT_NUM_TRAIN})")
+    a("--synthetic-val", type=int, help=f"synthetic dataset: validation examples (default {synthetic.DEFAULT_NUM_VAL})")
+    a("--synthetic-canvas", type=int, help="synthetic dataset: canvas side, multiple of 6 (default "
+                                           f"{synthetic.DEFAULT_CANVAS_SIZE})")
     a("--model-overrides", metavar="JSON",
       help='extra model fields for small experiments and tests, e.g. \'{"widths": [8, 16, 16, 16]}\'')
     return p
@@ -249,47 +274,48 @@ def resolve(flags: Mapping[str, Any]) -> Config:
         values.update(PRESETS[preset])
     values.update({k: v for k, v in flags.items() if v is not None})
     values["preset"] = preset
-    backbone = values.setdefault("backbone", Config.backbone)
-    is_resnet = backbone in RESNET_SPECS
-    values.setdefault("res", Config.res if is_resnet else None)
-    values.setdefault("output", Config.output)
+    model = _resolve_model({field: values.pop(flag) for flag, field in MODEL_FLAGS.items() if flag in values})
     if flags.get("output") is not None and flags.get("reg") is None:
         values.pop("reg", None)  # an explicit --output re-derives the preset's regulariser default
-    values.setdefault("reg", "js" if values["output"] == "dsnt" else "none")
-    values.setdefault("batch_size", default_batch_size(backbone, values["res"]))
-    values.setdefault("input_size", 224 if is_resnet else 256)
+    values.setdefault("reg", "js" if model.output == "dsnt" else "none")
+    values.setdefault("batch_size", default_batch_size(model.backbone, model.res))
     if "lr_milestones" in values:
         values["lr_milestones"] = tuple(values["lr_milestones"])
-    cfg = Config(**values)
+    cfg = Config(model=model, **values)
     validate(cfg)
     return cfg
 
 
+def _resolve_model(values: dict[str, Any]) -> ModelConfig:
+    """The network from its flags, with the paper's defaults for the backbone; errors name the flag."""
+    flag_of = {field: flag for flag, field in MODEL_FLAGS.items()}
+    backbone = values.setdefault("backbone", ModelConfig.backbone)
+    if backbone in BACKBONES:  # otherwise ModelConfig names the problem
+        values.setdefault("res", ModelConfig.res if backbone in RESNET_SPECS else None)
+        values.setdefault("input_size", input_size_for(backbone))
+    try:
+        if isinstance(values.get("overrides"), str):  # the command line's JSON, parsed here once
+            values["overrides"] = parse_overrides(values["overrides"])
+        return ModelConfig(**values)
+    except ModelConfigError as err:
+        raise ValueError(f"--{flag_of[err.field].replace('_', '-')} {err.problem}") from None
+
+
 def validate(cfg: Config) -> None:
     """Raises ValueError with one line naming the problem for an impossible configuration."""
-    if cfg.backbone not in BACKBONES:
-        raise ValueError(f"--backbone must be one of {', '.join(BACKBONES)}, got {cfg.backbone!r}")
-    if cfg.is_resnet and cfg.res not in RESOLUTIONS:
-        raise ValueError(f"--res must be one of {', '.join(map(str, RESOLUTIONS))} for a ResNet, got {cfg.res}")
-    if not cfg.is_resnet and cfg.res is not None:
-        raise ValueError(f"--res applies to ResNets only; {cfg.backbone} always gives input/4 heatmaps "
-                         f"(64 px for 256-px inputs): drop --res")
-    if cfg.output not in OUTPUTS:
-        raise ValueError(f"--output must be one of {', '.join(OUTPUTS)}, got {cfg.output!r}")
     if cfg.reg not in REGULARIZERS:
         raise ValueError(f"--reg must be one of {', '.join(REGULARIZERS)}, got {cfg.reg!r}")
-    if cfg.output == "hm" and cfg.reg != "none":
+    output = cfg.model.output
+    if output == "hm" and cfg.reg != "none":
         raise ValueError("--reg applies to dsnt/fc outputs; use --reg=none with --output=hm")
-    if cfg.output != "hm" and cfg.hm_amplitude != 1.0:
-        raise ValueError(f"--hm-amplitude applies to --output=hm only (got --output={cfg.output})")
-    if cfg.activation not in ACTIVATIONS:
-        raise ValueError(f"--activation must be one of {', '.join(ACTIVATIONS)}, got {cfg.activation!r}")
+    if output != "hm" and cfg.hm_amplitude != 1.0:
+        raise ValueError(f"--hm-amplitude applies to --output=hm only (got --output={output})")
     if cfg.dataset not in DATASETS:
         raise ValueError(f"--dataset must be one of {', '.join(DATASETS)}, got {cfg.dataset!r}")
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     positive = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, eval_every=cfg.eval_every,
-                    input_size=cfg.input_size, keep_checkpoints=cfg.keep_checkpoints, log_every=cfg.log_every)
+                    keep_checkpoints=cfg.keep_checkpoints, log_every=cfg.log_every)
     for name, value in positive.items():
         if not (isinstance(value, int) and value >= 1):
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
@@ -307,16 +333,8 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--train-samples must be at least 1, got {cfg.train_samples}")
     if cfg.num_workers < 0 or cfg.cache_mb < 0:
         raise ValueError(f"--num-workers and --cache-mb must be >= 0, got {cfg.num_workers} and {cfg.cache_mb}")
-    if not cfg.is_resnet and cfg.input_size % 64:
-        raise ValueError(f"hourglass inputs must be a multiple of 64 px, got --input-size={cfg.input_size}")
-    if cfg.pretrained is not None and not cfg.is_resnet:
+    if cfg.pretrained is not None and not cfg.model.is_resnet:
         raise ValueError("--pretrained loads torchvision ResNet weights; the hourglass trains from scratch")
-    try:
-        overrides = json.loads(cfg.model_overrides)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--model-overrides must be a JSON object, got {cfg.model_overrides!r} ({err})") from None
-    if not isinstance(overrides, dict):
-        raise ValueError(f"--model-overrides must be a JSON object, got {cfg.model_overrides!r}")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Config:
@@ -330,10 +348,21 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         raise  # unreachable: parser.error exits
 
 
+def config_differences(a: Config, b: Config, keys: Sequence[str]) -> list[str]:
+    """'name: a → b' for each of `keys` that differs; the model's fields are named by their flags."""
+    diffs = [f"{k}: {getattr(a, k)!r} → {getattr(b, k)!r}" for k in keys
+             if k != "model" and getattr(a, k) != getattr(b, k)]
+    if "model" in keys:
+        diffs += [f"{flag}: {getattr(a.model, field)!r} → {getattr(b.model, field)!r}"
+                  for flag, field in MODEL_FLAGS.items() if getattr(a.model, field) != getattr(b.model, field)]
+        if a.model.num_joints != b.model.num_joints:
+            diffs.append(f"num_joints: {a.model.num_joints} → {b.model.num_joints}")
+    return diffs
+
+
 def check_resumable(saved: Config, current: Config) -> None:
     """Raises ValueError if `current` cannot continue the checkpoints written under `saved`."""
-    diffs = [f"{k}: {getattr(saved, k)!r} → {getattr(current, k)!r}" for k in RESUME_KEYS
-             if getattr(saved, k) != getattr(current, k)]
+    diffs = config_differences(saved, current, RESUME_KEYS)
     if diffs:
         raise ValueError(f"{current.workdir} holds checkpoints of a different configuration ("
                          + "; ".join(diffs) + "); use another --workdir or the original flags")

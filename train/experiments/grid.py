@@ -1,7 +1,7 @@
-"""The paper's experiment grids: `python -m train.experiments {fig7,fig11,table2,table3} [--full]`.
+"""The runs of the paper's experiment grids (`python -m train.experiments {fig7,fig11,table2,table3} [--full]`).
 
-Each experiment is a list of named runs, each a `train.config.Config` resolved from the paper's preset for
-that run (train/config.py, so every flag means what it means for `python -m train.main`) plus the series
+Each experiment is a list of named runs, each a `train.loop.config.Config` resolved from the paper's preset for
+that run (train/loop/config.py, so every flag means what it means for `python -m train.main`) plus the series
 and x value it contributes to the paper's figure or table:
 
 * fig7: output strategy HM / FC / DSNT / DSNTr × heatmap resolution 7 / 14 / 28 / 56 px (strides 32…4);
@@ -20,31 +20,24 @@ run this short ends at the all-zero heatmap (issue #14). `--full` keeps the pape
 Every run lives in ROOT/NAME/<run> and is skipped when its metrics.jsonl already holds the final
 validation, so an interrupted grid continues where it stopped. Afterwards ROOT/NAME/results.csv, a PNG in
 the style of the paper's figure (line plot) or table (bar chart) and a table on stdout summarise the runs
-(train/experiment_report.py).
+(train/experiments/report.py; the command line is train/experiments/cli.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from train import config as config_lib
-from train.config import Config
-from train.experiment_report import (
-    collect,
-    format_tables,
-    reached_last_epoch,
-    read_val_records,
-)
+from dsnt_jax.models import ACTIVATIONS
+from train.loop import config as config_lib
+from train.loop.config import Config
+from train.loop.metrics import read_val_records
+from train.loop.workdir import RunDir
 
-PROG = "python -m train.experiments"
 EXPERIMENTS: tuple[str, ...] = ("fig7", "fig11", "table2", "table3")
 PAPER_SAMPLES: tuple[int, ...] = (1024, 2048, 4096, 8192)
 # 4–34 % of the 6000 synthetic training people, as the paper's 1024…8192 are 4–32 % of MPII's 25,925. With
@@ -53,11 +46,11 @@ PAPER_SAMPLES: tuple[int, ...] = (1024, 2048, 4096, 8192)
 CPU_SAMPLES: tuple[int, ...] = (256, 512, 1024, 2048)
 CPU_FIG11_STEPS = 512
 CPU_EPOCHS: dict[str, int] = {"fig7": 1, "table2": 2, "table3": 2}
-# The CPU-sized setting shared by every default run (explicit pass-through flags still override it).
+# The CPU-sized setting shared by every default run (explicit pass-through flags still override it): the
+# README run's (`config.CPU_SIZED`) with a narrower network of the usual depth, and batch 16.
 CPU_BASE: dict[str, Any] = {
-    "dataset": "synthetic", "backbone": "resnet18", "input_size": 96, "batch_size": 16, "lr": 2e-3,
-    "augment": False, "model_overrides": json.dumps({"widths": [16, 32, 64, 128], "stem_width": 16}),
-    "keep_checkpoints": 1}
+    **config_lib.CPU_SIZED, "batch_size": 16, "keep_checkpoints": 1,
+    "model_overrides": {"widths": (16, 32, 64, 128), "stem_width": 16}}
 # Peak of the HM target in the CPU grids (the paper: 1). At peak 1 the 24-px HM run of fig7 ends its epoch
 # at the all-zero heatmap (training MSE ≈ that of zeros, PCKh below the mean pose): the raw 1×1 head's
 # initial outputs and RMSProp's per-step moves are fixed in absolute units, and the Gaussian's part of the
@@ -67,8 +60,8 @@ CPU_BASE: dict[str, Any] = {
 CPU_HM_AMPLITUDE = 10.0
 STRATEGIES: tuple[tuple[str, str], ...] = (("hm", "HM"), ("fc", "FC"), ("dsnt", "DSNT"), ("dsntr", "DSNTr"))
 FIG11_STRATEGIES: tuple[tuple[str, str], ...] = (("hm", "HM"), ("fc", "FC"), ("dsntr", "DSNTr"))
-TABLE2_ACTIVATIONS: tuple[tuple[str, str], ...] = (
-    ("softmax", "Softmax"), ("abs", "Abs"), ("relu", "ReLU"), ("sigmoid", "Sigmoid"))
+ACTIVATION_LABELS: dict[str, str] = {"softmax": "Softmax", "abs": "Abs", "relu": "ReLU", "sigmoid": "Sigmoid"}
+TABLE2_ACTIVATIONS: tuple[tuple[str, str], ...] = tuple((a, ACTIVATION_LABELS[a]) for a in ACTIVATIONS)
 TABLE3_REGS: tuple[tuple[str, str], ...] = (("var", "Variance (λ=100)"), ("kl", "KL (λ=1)"), ("js", "JS (λ=1)"))
 # Config fields that may differ between a finished run's config.json and the grid's (no effect on results).
 FREE_KEYS = frozenset({"workdir", "data_dir", "log_every", "keep_checkpoints", "epochs",
@@ -77,12 +70,21 @@ FREE_KEYS = frozenset({"workdir", "data_dir", "log_every", "keep_checkpoints", "
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One training run of a grid: its directory name, plot series, x value (number or label) and config."""
+    """One training run of a grid: its directory name, plot series, x value (number or label) and config.
+
+    `group` is the name without the seed suffix: the runs of one group differ only in their seed, and the
+    report gives their mean and spread.
+    """
 
     name: str
     series: str
     x: Any
     config: Config
+    group: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.group:
+            object.__setattr__(self, "group", self.name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +124,8 @@ def _milestones(epochs: int, fractions: Sequence[float]) -> tuple[int, ...]:
 
 
 def build_experiment(name: str, *, full: bool = False, root: str = "runs/experiments",
-                     epochs: int | None = None, overrides: Mapping[str, Any] | None = None) -> Experiment:
+                     epochs: int | None = None, overrides: Mapping[str, Any] | None = None,
+                     seeds: Sequence[int] | None = None) -> Experiment:
     """The runs of experiment `name` (one of `EXPERIMENTS`), each config validated.
 
     Args:
@@ -133,6 +136,8 @@ def build_experiment(name: str, *, full: bool = False, root: str = "runs/experim
         run `CPU_FIG11_STEPS` updates). The lr drops keep their place in the run (paper: at 1/2 and 3/4).
       overrides: further Config fields for every run (e.g. data_dir, batch_size, lr, seed); None = unset.
         'hm_amplitude' goes to the HM runs only (default: `CPU_HM_AMPLITUDE` on CPU, the paper's 1 with --full).
+      seeds: train every run once per seed (None: once, with the seed of `overrides` or the default). The
+        first seed's runs keep the plain name (root/name/<run>), the others get '-s<seed>'.
 
     Raises:
       ValueError: unknown experiment or an invalid resulting configuration.
@@ -140,11 +145,16 @@ def build_experiment(name: str, *, full: bool = False, root: str = "runs/experim
     extra = {k: v for k, v in (overrides or {}).items() if v is not None}
     hm_amplitude = extra.pop("hm_amplitude", None if full else CPU_HM_AMPLITUDE)
     runs = []
-    for run_name, series, x, preset, settings in _specs(name, full):
+    seed_list = [extra.pop("seed", config_lib.Config.seed)] if seeds is None else list(seeds)
+    if not seed_list or len(set(seed_list)) != len(seed_list):
+        raise ValueError(f"seeds must be distinct and at least one, got {seed_list}")
+    for (group, series, x, preset, settings), seed in (
+            (spec, seed) for seed in seed_list for spec in _specs(name, full)):
+        run_name = group if seed == seed_list[0] else f"{group}-s{seed}"
         flags: dict[str, Any] = {"preset": preset, **({} if full else CPU_BASE), **settings, **extra}
         if hm_amplitude is not None and config_lib.PRESETS[preset]["output"] == "hm":
             flags["hm_amplitude"] = hm_amplitude
-        batch = flags.get("batch_size", 32)
+        batch = flags.get("batch_size", config_lib.Config.batch_size)
         if epochs is not None:
             n_epochs = epochs
         elif full:
@@ -159,12 +169,11 @@ def build_experiment(name: str, *, full: bool = False, root: str = "runs/experim
         if not full:
             flags.setdefault("eval_every", n_epochs)  # the final validation only: it costs CPU time
         flags["workdir"] = os.path.join(root, name, run_name)
+        flags["seed"] = seed
         cfg = config_lib.resolve(flags)
-        if x is None:
-            x = cfg.heatmap_size
-        runs.append(Run(run_name, series, x, cfg))
+        runs.append(Run(run_name, series, cfg.model.heatmap_size if x is None else x, cfg, group))
     setting = ("ResNet-34, MPII" if full else
-               f"{runs[0].config.backbone} (narrow) @ {runs[0].config.input_size} px, synthetic")
+               f"{runs[0].config.model.backbone} (narrow) @ {runs[0].config.model.input_size} px, synthetic")
     titles = {"fig7": ("Fig. 7: output strategy × resolution", "heatmap side (px)", "line"),
               "fig11": ("Fig. 11: training samples, no augmentation", "training samples", "line"),
               "table2": ("Table 2: heatmap activation", "activation", "bar"),
@@ -174,16 +183,20 @@ def build_experiment(name: str, *, full: bool = False, root: str = "runs/experim
 
 
 def select_runs(experiment: Experiment, only: str | None) -> tuple[Run, ...]:
-    """The runs named in the comma-separated `only` (all if None); unknown names raise ValueError."""
+    """The runs named in the comma-separated `only` (all if None): a run's name, or its group's (every seed).
+
+    Raises:
+      ValueError: a name that is no run's or group's.
+    """
     if not only:
         return experiment.runs
     wanted = [w.strip() for w in only.split(",") if w.strip()]
-    known = {r.name: r for r in experiment.runs}
-    unknown = [w for w in wanted if w not in known]
+    names = {r.name for r in experiment.runs} | {r.group for r in experiment.runs}
+    unknown = [w for w in wanted if w not in names]
     if unknown:
         raise ValueError(f"--only: no run {', '.join(unknown)} in {experiment.name}; its runs are "
-                         f"{', '.join(known)}")
-    return tuple(known[w] for w in wanted)
+                         f"{', '.join(dict.fromkeys(r.name for r in experiment.runs))}")
+    return tuple(dict.fromkeys(r for w in wanted for r in experiment.runs if w in (r.name, r.group)))
 
 
 def is_done(cfg: Config) -> bool:
@@ -193,13 +206,12 @@ def is_done(cfg: Config) -> bool:
       ValueError: the workdir holds a run of a different configuration (the message names the differences;
         only `FREE_KEYS` may differ: a longer --epochs continues a finished run).
     """
-    saved_path = os.path.join(cfg.workdir, config_lib.CONFIG_FILE)
-    if os.path.isfile(saved_path):
-        with open(saved_path, encoding="utf-8") as f:
-            saved = Config.from_json(f.read())
+    run_dir = RunDir(cfg.workdir)
+    if run_dir.has_config():
+        saved = run_dir.read_config()
         config_lib.check_resumable(saved, cfg)
-        diffs = [f"{k}: {getattr(saved, k)!r} → {getattr(cfg, k)!r}" for k in (f.name for f in
-                 dataclasses.fields(Config)) if k not in FREE_KEYS and getattr(saved, k) != getattr(cfg, k)]
+        diffs = config_lib.config_differences(
+            saved, cfg, [f.name for f in dataclasses.fields(Config) if f.name not in FREE_KEYS])
         if diffs:
             raise ValueError(f"{cfg.workdir} holds a run with other settings ({'; '.join(diffs)}); its results "
                              f"would not be those of this grid: use another --workdir")
@@ -238,78 +250,15 @@ def format_grid(experiment: Experiment, runs: Sequence[Run]) -> str:
     lines = [f"{experiment.title.replace(chr(10), ' — ')}: {len(runs)} run(s)"]
     for r in runs:
         c = r.config
-        lines.append(f"  {r.name:<10} series={r.series:<18} x={r.x!s:<14} {c.backbone}@{c.res} "
-                     f"in={c.input_size} out={c.output} act={c.activation} reg={c.reg}"
+        lines.append(f"  {r.name:<10} series={r.series:<18} x={r.x!s:<14} {c.model.backbone}@{c.model.res} "
+                     f"in={c.model.input_size} out={c.model.output} act={c.model.activation} reg={c.reg}"
                      f"{f' λ={c.reg_coeff:g} σ={c.sigma:g}' if c.reg != 'none' else ''}"
-                     f"{f' amp={c.hm_amplitude:g}' if c.output == 'hm' else ''} data={c.dataset} "
+                     f"{f' amp={c.hm_amplitude:g}' if c.model.output == 'hm' else ''} data={c.dataset} "
                      f"n={c.train_samples or 'all'} aug={c.augment} epochs={c.epochs} batch={c.batch_size} "
                      f"lr={c.lr:g} → {c.workdir}")
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=PROG, description="Runs one of the paper's experiment grids, then writes results.csv, a PNG "
-        "plot and a table. Default: CPU-sized runs on the synthetic dataset; --full: the paper's settings.",
-        epilog="Finished runs are skipped: rerun the same command to continue an interrupted grid.")
-    a = p.add_argument
-    a("name", choices=EXPERIMENTS, help="fig7 (strategy × resolution), fig11 (training samples), "
-      "table2 (activations) or table3 (regularisers)")
-    a("--full", action="store_true", help="the paper's settings: ResNet-34 @ 224 px on MPII, 120 epochs")
-    a("--workdir", metavar="ROOT", help="runs go to ROOT/NAME/<run> (default runs/experiments, "
-      "runs/experiments-full with --full)")
-    a("--epochs", type=int, help="epochs of every run (lr drops move with it)")
-    a("--only", metavar="RUN[,RUN]", help="train only these runs (the table still lists every run)")
-    a("--dry-run", action="store_true", help="print the grid and exit")
-    a("--data-dir", help="tfds data directory (as for python -m train.main)")
-    for flag, kind in (("--batch-size", int), ("--lr", float), ("--seed", int), ("--num-workers", int),
-                       ("--eval-every", int)):
-        a(flag, type=kind, help=f"{flag} of every run (see python -m train.main --help)")
-    a("--precision", choices=config_lib.PRECISIONS, help="network compute dtype of every run")
-    a("--hm-amplitude", type=float, help=f"peak of the HM runs' target Gaussian (default {CPU_HM_AMPLITUDE:g} on "
-      "CPU, where the paper's 1 leaves HM at the all-zero heatmap; 1 with --full)")
-    a("--pretrained", metavar="PATH", help="with --full: torchvision ResNet-34 ImageNet weights for every run")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (2 for bad arguments or a failed run)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    root = args.workdir or ("runs/experiments-full" if args.full else "runs/experiments")
-    if args.pretrained and not args.full:
-        parser.error("--pretrained needs --full: the CPU-sized ResNet is narrower than torchvision's")
-    overrides = {k: getattr(args, k) for k in ("data_dir", "batch_size", "lr", "seed", "num_workers",
-                                                "eval_every", "precision", "pretrained", "hm_amplitude")}
-    try:
-        experiment = build_experiment(args.name, full=args.full, root=root, epochs=args.epochs,
-                                      overrides=overrides)
-        runs = select_runs(experiment, args.only)
-    except ValueError as err:
-        parser.error(str(err))
-    print(format_grid(experiment, runs))
-    if args.full and not args.pretrained:
-        print("note: the paper fine-tunes ImageNet-pretrained ResNet-34s; without --pretrained PATH these "
-              "runs start from scratch", file=sys.stderr)
-    if args.dry_run:
-        return 0
-    # Imported late: train.main loads the data stack (tfds, grain), which --dry-run does not need.
-    from train.main import train
-
-    start = time.perf_counter()
-    try:
-        times = run_grid(runs, train)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    rows, csv_path, png_path = collect(experiment, root)
-    trained = {k: v for k, v in times.items() if v is not None}
-    print("\n" + format_tables(experiment, rows))
-    print(f"\nwrote {csv_path}" + (f" and {png_path}" if png_path else ""))
-    print(f"trained {len(trained)} run(s) in {time.perf_counter() - start:.0f} s wall time "
-          f"({', '.join(f'{k} {v:.0f} s' for k, v in trained.items()) or 'all done already'})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def reached_last_epoch(records: Sequence[Mapping[str, Any]], epochs: int) -> bool:
+    """True if one of the 'val' records is the validation after the run's last epoch (`epochs`)."""
+    return any(r.get("epoch", 0) >= epochs for r in records)

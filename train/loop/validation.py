@@ -14,18 +14,17 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from data import pckh
 from data.augment import normalized_to_image_points
-from train.steps import shard
+from train.loop.steps import shard
 
 
 def _gather_hosts(values: np.ndarray, filled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Combines per-host partial predictions (each host fills its own rows) on every host."""
     if jax.process_count() == 1:
         return values, filled
-    from jax.experimental import multihost_utils
-
     all_values = np.asarray(multihost_utils.process_allgather(values))   # [P, N, 16, 2]
     all_filled = np.asarray(multihost_utils.process_allgather(filled))   # [P, N]
     owner = np.argmax(all_filled, axis=0)

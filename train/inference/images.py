@@ -1,6 +1,6 @@
 """Reads image files as the uint8 RGB arrays the pose network expects (``train.predict``, notebooks).
 
-    from train.images import read_rgb
+    from train.inference.images import read_rgb
     image = read_rgb("photo.jpg")          # uint8 [H, W, 3] RGB, as a viewer displays the photo
 
 Conversions (all silent ones are exact or the usual 8-bit reductions; anything ambiguous is an error):

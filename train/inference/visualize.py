@@ -1,12 +1,9 @@
-"""Pictures of predictions and results: skeletons, per-joint heatmap grids and line plots (no display).
+"""Pictures of predictions: skeletons and per-joint heatmap grids (no display; plots: train/experiments/plots.py).
 
 * `draw_skeleton`: the 15 MPII bones and 16 joints on an image, right side red, left side blue, centre
   (pelvis, thorax, neck, head) green; line width scales with the image.
 * `heatmap_grid`: one tile per joint, its heatmap upsampled onto the image (the paper's Fig. 2c / 5),
   the joint's name above it and the predicted location marked.
-* `plot_curves` (PCKh vs resolution, vs training samples, over epochs: Figs. 7, 8, 11) and
-  `plot_pckh_curve` (PCKh vs normalised distance) write PNGs with matplotlib's Agg canvas; pyplot's
-  global state is never touched, so plotting is safe in scripts, tests and threads.
 
 Coordinates are image pixels, 0-based, with integer values at pixel centres (the convention of
 `dsnt_jax.ops.normalized_to_pixel_coordinates`). Images are [H, W, 3] RGB, uint8 or float in [0, 1].
@@ -14,17 +11,14 @@ Coordinates are image pixels, 0-based, with integer values at pixel centres (the
 
 from __future__ import annotations
 
-import csv
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import cv2
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 from data.joints import BONES, JOINT_NAMES, NUM_JOINTS
@@ -294,130 +288,3 @@ def save_png(path: str | os.PathLike, image: Any) -> str:
         os.makedirs(parent, exist_ok=True)
     Image.fromarray(to_uint8_image(image)).save(path, format="PNG")
     return path
-
-
-# ----------------------------------------------------------------------------------------------------
-# Line plots
-
-
-def _read_records(data: str | os.PathLike | Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    if isinstance(data, (str, os.PathLike)):
-        path = os.fspath(data)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"CSV file not found: {path}")
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-    return list(data)
-
-
-def _number(value: Any) -> float:
-    """A cell as a float; blanks and None (a missing run, e.g. R101@56 in Fig. 8) become NaN."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected a number, got {value!r}") from None
-
-
-def _save_figure(fig: Figure, path: str | os.PathLike) -> str:
-    path = os.fspath(path)
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=fig.dpi)
-    return path
-
-
-def plot_curves(data: str | os.PathLike | Sequence[Mapping[str, Any]], x: str, ys: str | Sequence[str],
-                path: str | os.PathLike, *, title: str = "", xlabel: str | None = None,
-                ylabel: str = "", log_x: bool = False, labels: Sequence[str] | None = None) -> str:
-    """Line plot of one or more columns against another (e.g. PCKh vs heatmap resolution, per method).
-
-    Each column in `ys` is one line with markers, over the rows sorted by `x`; rows where that column
-    is blank/None are left out of its line (runs that do not exist). With `log_x` the x axis is
-    logarithmic base 2 (resolutions 7…56 px, 1024…8192 samples) and ticked at the data's x values.
-
-    Args:
-      data: a CSV file with a header row, or a sequence of records (mappings column → value).
-      x: the x column.
-      ys: one y column or several.
-      path: output .png.
-      title, xlabel (default: `x`), ylabel: text.
-      log_x: logarithmic x axis.
-      labels: legend entries, one per y column (default: the column names).
-
-    Returns:
-      The path written.
-    """
-    records = _read_records(data)
-    ys = [ys] if isinstance(ys, str) else list(ys)
-    if not records:
-        raise ValueError("no rows to plot")
-    if not ys:
-        raise ValueError("ys must name at least one column")
-    labels = ys if labels is None else list(labels)
-    if len(labels) != len(ys):
-        raise ValueError(f"{len(ys)} y columns but {len(labels)} labels")
-    missing = [c for c in [x, *ys] if c not in records[0]]
-    if missing:
-        raise ValueError(f"columns {missing} not in the data; it has {sorted(records[0])}")
-    xs = np.array([_number(r[x]) for r in records])
-    order = np.argsort(xs, kind="stable")
-    fig = Figure(figsize=(5.5, 4.0), dpi=110, layout="constrained")
-    ax = fig.add_subplot()
-    for column, label in zip(ys, labels):
-        values = np.array([_number(r[column]) for r in records])[order]
-        keep = np.isfinite(values) & np.isfinite(xs[order])
-        ax.plot(xs[order][keep], values[keep], marker="o", markersize=4, label=label)
-    if log_x:
-        if np.any(xs[np.isfinite(xs)] <= 0):
-            raise ValueError("log_x needs positive x values")
-        ax.set_xscale("log", base=2)
-        ticks = np.unique(xs[np.isfinite(xs)])
-        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-        ax.minorticks_off()
-    ax.set_title(title)
-    ax.set_xlabel(x if xlabel is None else xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3)
-    if len(ys) > 1:
-        ax.legend()
-    return _save_figure(fig, path)
-
-
-def plot_pckh_curve(thresholds: Any, total_pck: Any | Mapping[str, Any], path: str | os.PathLike, *,
-                    title: str = "PCKh", label: str | None = None) -> str:
-    """PCKh (percent) against the normalised distance threshold, as `data.pckh.PCKhResult` holds it.
-
-    Args:
-      thresholds: [T] thresholds (fractions of the head size, e.g. 0.00 … 0.50).
-      total_pck: [T] PCK in percent, or a mapping label → [T] to compare several curves.
-      path: output .png.
-      title: plot title.
-      label: legend entry of a single curve.
-
-    Returns:
-      The path written.
-    """
-    thresholds = np.asarray(thresholds, dtype=np.float64)
-    curves = dict(total_pck) if isinstance(total_pck, Mapping) else {label: total_pck}
-    if thresholds.ndim != 1 or thresholds.size < 2:
-        raise ValueError(f"thresholds must be [T] with T >= 2, got shape {thresholds.shape}")
-    fig = Figure(figsize=(5.0, 4.0), dpi=110, layout="constrained")
-    ax = fig.add_subplot()
-    for name, curve in curves.items():
-        curve = np.asarray(curve, dtype=np.float64)
-        if curve.shape != thresholds.shape:
-            raise ValueError(f"PCK curve {name!r} has shape {curve.shape}, thresholds {thresholds.shape}")
-        ax.plot(thresholds, curve, label=name)
-    ax.set_xlim(thresholds.min(), thresholds.max())
-    ax.set_ylim(0, 100)
-    ax.set_xlabel("normalised distance (fraction of head size)")
-    ax.set_ylabel("PCKh (%)")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    if any(name is not None for name in curves):
-        ax.legend(loc="lower right")
-    return _save_figure(fig, path)

@@ -1,0 +1,108 @@
+"""PoseEstimator: folding BatchNorm at construction changes no prediction, and each batch size's
+ahead-of-time compiled program is reused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from train.inference import PoseEstimator
+from train.loop.config import resolve
+
+# bn_momentum 0: a training-mode call sets the running statistics to the batch's (`_variables`).
+TINY_RESNET = {"widths": [8, 8, 8, 8], "stem_width": 8, "stage_sizes": [1, 1, 1, 1], "bn_momentum": 0.0}
+TINY_HOURGLASS = {"features": 16, "depth": 2, "num_stacks": 2, "bn_momentum": 0.0}
+
+
+def _variables(model: Any, input_size: int, seed: int = 0) -> dict[str, Any]:
+    """Random {'params', 'batch_stats'} with non-trivial BatchNorm affines and running statistics.
+
+    Parameters are drawn with numpy from `jax.eval_shape(model.init)` (running flax's initialisers costs
+    more than the test): He-normal kernels, scales U(0.5, 1.5), biases N(0, 0.1). The running statistics
+    are the batch statistics of random images (the model has bn_momentum = 0), then perturbed, so that
+    folding changes every conv while activations keep a sane scale through the network (made-up
+    statistics blow the hourglass's logits up to ~10³, where float32 rounding alone exceeds 1e-5).
+    """
+    rng = np.random.default_rng(seed)
+    draws = {
+        "kernel": lambda s: rng.normal(0.0, np.sqrt(2.0 / np.prod(s[:-1])), s),
+        "scale": lambda s: rng.uniform(0.5, 1.5, s),
+        "bias": lambda s: rng.normal(0.0, 0.1, s),
+        "mean": np.zeros,
+        "var": np.ones,
+    }
+    probe = rng.uniform(-0.5, 0.5, (4, input_size, input_size, 3)).astype(np.float32)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct(probe.shape, jnp.float32))
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, s: jnp.asarray(draws[path[-1].key](s.shape), s.dtype), shapes)
+    _, updated = model.apply(variables, probe, train=True, mutable=["batch_stats"])
+
+    def perturb(path: Any, stat: jax.Array) -> np.ndarray:
+        stat = np.asarray(stat)
+        if path[-1].key == "mean":
+            return stat + 0.2 * rng.normal(size=stat.shape)
+        return stat * rng.uniform(0.6, 1.6, stat.shape)
+
+    stats = jax.tree_util.tree_map_with_path(perturb, updated["batch_stats"])
+    return {"params": variables["params"], "batch_stats": jax.tree.map(jnp.float32, stats)}
+
+
+def _images(count: int, seed: int = 1) -> list[np.ndarray]:
+    """uint8 RGB images [H, W, 3] of different, non-square sizes (the crop resamples them)."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (40 + 6 * i, 52 - 4 * i, 3), dtype=np.uint8) for i in range(count)]
+
+
+def _pair(flags: dict[str, Any], flip_test: bool) -> tuple[PoseEstimator, PoseEstimator]:
+    """(folded, unfolded) estimators of one randomly initialised network."""
+    cfg = resolve(flags)
+    variables = _variables(cfg.model.build(), cfg.model.input_size)
+    return (PoseEstimator(cfg, variables, flip_test=flip_test, fold_batchnorm=True),
+            PoseEstimator(cfg, variables, flip_test=flip_test, fold_batchnorm=False))
+
+
+def _assert_same_predictions(folded: PoseEstimator, plain: PoseEstimator, images: list[np.ndarray]) -> None:
+    """coords within 1e-5 (normalised units), heatmaps within 1e-5 of their largest magnitude."""
+    for ours, ref in zip(folded.predict(images), plain.predict(images)):
+        np.testing.assert_allclose(ours.coords, ref.coords, rtol=0, atol=1e-5)
+        scale = float(np.max(np.abs(ref.heatmaps)))
+        assert scale > 0
+        np.testing.assert_allclose(ours.heatmaps, ref.heatmaps, rtol=0, atol=1e-5 * scale)
+        np.testing.assert_allclose(ours.joints, ref.joints, rtol=0, atol=1e-3)  # pixels
+
+
+@pytest.mark.parametrize("output", ["dsnt", "fc", "hm"])
+@pytest.mark.parametrize("flip_test", [False, True])
+def test_folded_resnet_estimator_predicts_as_the_unfolded_one(output, flip_test):
+    folded, plain = _pair({"backbone": "resnet18", "res": 28, "output": output, "input_size": 32,
+                           "model_overrides": TINY_RESNET}, flip_test)
+    # Folding must matter here: the folded network holds no BatchNorm statistics at all.
+    assert "batch_stats" in plain.variables and not folded.variables.get("batch_stats")
+    _assert_same_predictions(folded, plain, _images(2))
+
+
+def test_folded_hourglass_estimator_predicts_as_the_unfolded_one():
+    # The hourglass keeps its pre-activation BNs as scale/shift maps: both kinds of folding are checked.
+    folded, plain = _pair({"backbone": "hg2", "input_size": 64, "model_overrides": TINY_HOURGLASS},
+                          flip_test=True)
+    _assert_same_predictions(folded, plain, _images(2))
+
+
+def test_estimator_reuses_the_compiled_program_of_a_batch_size():
+    cfg = resolve({"backbone": "resnet18", "res": 28, "input_size": 32, "model_overrides": TINY_RESNET})
+    estimator = PoseEstimator(cfg, _variables(cfg.model.build(), 32))
+    images = _images(3)
+    first = estimator.predict(images[:1])
+    assert len(estimator._compiled) == 1
+    program = estimator._compiled[1]
+    again = estimator.predict(images[1:2])
+    assert len(estimator._compiled) == 1 and estimator._compiled[1] is program  # not recompiled
+    assert not np.array_equal(first[0].coords, again[0].coords)  # a real second call
+    estimator.predict(images[:2])
+    assert sorted(estimator._compiled) == [1, 2]
+    estimator.predict(images[1:3])
+    assert sorted(estimator._compiled) == [1, 2]
