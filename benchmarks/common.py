@@ -29,7 +29,7 @@ import jax  # noqa: E402  (after the environment variable above)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dsnt_jax.models import create_model, fold_batchnorm  # noqa: E402
+from dsnt_jax.models import COMPUTE_DTYPES, create_model, fold_batchnorm  # noqa: E402
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 RESOLUTIONS = (7, 14, 28, 56)
@@ -37,7 +37,7 @@ HOURGLASSES = ("hg1", "hg2", "hg4", "hg8")
 ALL_MODELS: tuple[str, ...] = tuple(f"{b}@{r}" for b in RESNETS for r in RESOLUTIONS) + HOURGLASSES
 # Φ⁻¹(0.75): MAD / this estimates a normal σ (anibali/tele `MedianValueMeter`).
 MAD_TO_SIGMA = 0.6744897501960817
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = COMPUTE_DTYPES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,10 +177,9 @@ def estimator_infer_fn(spec: ModelSpec, input_size: int, dtype: Any) -> Infer:
     from train.inference import PoseEstimator
     from train.loop.config import resolve
 
-    if dtype != jnp.float32:
-        raise ValueError("PoseEstimator computes in float32 only")
+    precision = next(name for name, d in COMPUTE_DTYPES.items() if d == dtype)
     cfg = resolve({"backbone": spec.backbone, "res": spec.res, "input_size": input_size})
-    estimator = PoseEstimator(cfg, init_variables(cfg.model.build(), input_size))
+    estimator = PoseEstimator(cfg, init_variables(cfg.model.build(), input_size), precision=precision)
 
     def infer(images: list[np.ndarray]) -> np.ndarray:
         return np.stack([p.joints for p in estimator.predict(images)])
@@ -201,18 +200,19 @@ class JaxConfig:
       make: (spec, input size S, jnp dtype) → the timed function.
       description: what a call runs, for the printed legend and the JSON settings.
       host_input: [B, S, S, 3] float32 host batch → the timed function's argument, made untimed.
-      only_float32_batch1: timed at float32 batch 1 only.
+      only_batch1: timed at batch 1 only (a per-call cost).
       optional: a failure becomes the row's 'error' instead of ending the benchmark.
     """
 
     make: Callable[[ModelSpec, int, Any], Infer]
     description: str
     host_input: Callable[[np.ndarray], Any] = lambda images: images
-    only_float32_batch1: bool = False
+    only_batch1: bool = False
     optional: bool = False
 
     def applies(self, dtype: str, batch: int) -> bool:
-        return not self.only_float32_batch1 or (dtype == "float32" and batch == 1)
+        del dtype  # every path runs in both precisions
+        return not self.only_batch1 or batch == 1
 
 
 # name → dsnt-jax inference path; rows carry the name as their 'config'.
@@ -220,8 +220,8 @@ JAX_CONFIGS: dict[str, JaxConfig] = {
     "jit": JaxConfig(jax_infer_fn, "jax.jit of the eval-mode apply"),
     "folded": JaxConfig(folded_infer_fn, "jax.jit of the apply with BatchNorm folded into the convs"),
     "estimator": JaxConfig(estimator_infer_fn, "PoseEstimator.predict([uint8 S×S image]): preprocessing, "
-                           "folded forward, coords + heatmaps back, joints in pixels (float32, batch 1 "
-                           "only)", host_input=_as_uint8_images, only_float32_batch1=True,
+                           "folded forward, coords + heatmaps back, joints in pixels (batch 1 only)",
+                           host_input=_as_uint8_images, only_batch1=True,
                            # It imports the training package (tensorflow-datasets, grain), which a
                            # bare GPU machine may lack: the other figures must still be measured.
                            optional=True),
@@ -355,3 +355,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     main()
+
+
+def run_command(parser: argparse.ArgumentParser, args: argparse.Namespace, run: Callable[[], Any]) -> Any:
+    """Runs a benchmark's `run()`: a ValueError (bad arguments found late) exits with the parser's usage
+    error; says where --json went."""
+    try:
+        result = run()
+    except ValueError as e:
+        parser.error(str(e))
+    if getattr(args, "json", None):
+        print(f"wrote {args.json}")
+    return result

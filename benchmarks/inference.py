@@ -21,8 +21,8 @@ Configurations (every figure's line names its own):
     done once before timing), as `PoseEstimator` runs it;
   - `estimator`: `train.inference.PoseEstimator.predict([image])` on a ready-made uint8 S×S×3 image, its
     whole per-call path: crop/resize preprocessing, the folded forward compiled ahead of time, coordinates
-    and heatmaps copied back, joints and spreads in image pixels. float32 and batch 1 only (the
-    estimator has no compute-dtype option; batch 1 is its per-call cost). The `variants` lines set each
+    and heatmaps copied back, joints and spreads in image pixels. Batch 1 only (its per-call cost), in each
+    --dtypes precision. The `variants` lines set each
     variant beside its bare compiled forward (folded vs jit, estimator vs folded): ms and difference;
 * PyTorch (`--torch`, ResNets only): `benchmarks.torch_reference` + dsntnn, eager or torch.compile'd,
   NCHW or channels_last; see `benchmarks.torch_peers` for the grammar. The compile mode defaults to
@@ -68,6 +68,7 @@ from benchmarks.common import (
     parse_ints,
     parse_list,
     parse_models,
+    run_command,
     short_error,
     to_pixels,
 )
@@ -328,20 +329,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Command-line entry point; returns the results (None for the internal memory child)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        if args.memory_child:
-            spec = parse_models(args.memory_child)[0]
-            size = args.input_size or input_size_for(spec.backbone)
-            model = build(spec, DTYPES[args.dtypes or "float32"])
-            peak = jax_runtime_peak(model, init_variables(model, size), size)
-            print(json.dumps({"peak_bytes": peak}))
-            return None
-        results = run(_resolve(args))
-    except ValueError as e:
-        parser.error(str(e))
-    if args.json:
-        print(f"wrote {args.json}")
-    return results
+    if args.memory_child:
+        return run_command(parser, args, lambda: _print_memory_peak(args))
+    return run_command(parser, args, lambda: run(_resolve(args)))
+
+
+def _print_memory_peak(args: argparse.Namespace) -> None:
+    """--memory-child: one model's training-memory peak as JSON on stdout (run in its own process)."""
+    spec = parse_models(args.memory_child)[0]
+    size = args.input_size or input_size_for(spec.backbone)
+    model = build(spec, DTYPES[args.dtypes or "float32"])
+    print(json.dumps({"peak_bytes": jax_runtime_peak(model, init_variables(model, size), size)}))
 
 
 if __name__ == "__main__":

@@ -133,17 +133,20 @@ def inference_verdicts(timings: Sequence[dict[str, Any]], platform: str) -> list
         return [f"{head} ({why})"]
     lines.append(f"{head} → ≤ {INFERENCE_MS:g} ms {_met(f32['ms'] <= INFERENCE_MS)}")
     peer = _fastest_compiled([r for r in one if r["dtype"] == "float32"], "ms", min)
-    if peer is None:
-        lines.append("  speed-up target: no compiled PyTorch peer timed, no verdict")
-    else:
-        ratio = peer["ms"] / f32["ms"]
-        lines.append(f"  {ratio:.2f}× torch {peer['config']} ({peer['ms']:.3f} ms) → "
-                     f"≥ {INFERENCE_SPEEDUP:g}× {_met(ratio >= INFERENCE_SPEEDUP)}")
+    lines.append(_speedup_line(peer, peer and peer["ms"] / f32["ms"], f"{peer['ms']:.3f} ms" if peer else "",
+                               INFERENCE_SPEEDUP))
     if ours["bfloat16"]:
         bf16, _ = _best_variant(ours["bfloat16"])
         lines.append(f"  bfloat16 {bf16['config']} {bf16['ms']:.3f} ms vs float32 {f32['config']} "
                      f"{f32['ms']:.3f} ms → bfloat16 never slower {_met(bf16['ms'] <= f32['ms'])}")
     return lines
+
+
+def _speedup_line(peer: dict[str, Any] | None, ratio: float | None, peer_figure: str, want: float) -> str:
+    """'  1.23× torch CONFIG (FIGURE) → ≥ 1.2× met', or why there is no verdict."""
+    if peer is None or ratio is None:
+        return "  speed-up target: no compiled PyTorch peer timed, no verdict"
+    return f"  {ratio:.2f}× torch {peer['config']} ({peer_figure}) → ≥ {want:g}× {_met(ratio >= want)}"
 
 
 def train_step_verdicts(rows: Sequence[dict[str, Any]], platform: str, model: str, input_size: int,
@@ -167,12 +170,8 @@ def train_step_verdicts(rows: Sequence[dict[str, Any]], platform: str, model: st
                          f"{_met(mine['images_per_s'] >= TRAIN_BF16_IMAGES)}")
         peer = _fastest_compiled(same, "images_per_s", max)
         want = TRAIN_F32_SPEEDUP if dtype == "float32" else TRAIN_BF16_SPEEDUP
-        if peer is None:
-            lines.append("  speed-up target: no compiled PyTorch peer timed, no verdict")
-        else:
-            ratio = mine["images_per_s"] / peer["images_per_s"]
-            lines.append(f"  {ratio:.2f}× torch {peer['config']} ({peer['images_per_s']:.1f} images/s) "
-                         f"→ ≥ {want:g}× {_met(ratio >= want)}")
+        lines.append(_speedup_line(peer, peer and mine["images_per_s"] / peer["images_per_s"],
+                                   f"{peer['images_per_s']:.1f} images/s" if peer else "", want))
     return lines
 
 

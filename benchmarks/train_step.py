@@ -55,6 +55,7 @@ from benchmarks.common import (
     median_mad,
     parse_list,
     parse_models,
+    run_command,
     short_error,
 )
 from benchmarks.memory import loss_and_grads_fn, random_batch
@@ -334,13 +335,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Command-line entry point; returns the result rows."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        rows = run(_resolve(args))
-    except ValueError as e:
-        parser.error(str(e))
-    if args.json:
-        print(f"wrote {args.json}")
-    return rows
+    return run_command(parser, args, lambda: run(_resolve(args)))
 
 
 if __name__ == "__main__":

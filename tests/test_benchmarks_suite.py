@@ -191,7 +191,8 @@ def test_gpu_suite_quick_writes_three_files(tmp_path):
     written = json.loads((out / "summary.json").read_text())
     assert written["verdicts"] == summary["verdicts"]
     assert [(v["dtype"], v["config"], v["baseline"]) for v in written["inference_variants"]] == [
-        ("float32", "folded", "jit"), ("float32", "estimator", "folded"), ("bfloat16", "folded", "jit")]
+        ("float32", "folded", "jit"), ("float32", "estimator", "folded"), ("bfloat16", "folded", "jit"),
+        ("bfloat16", "estimator", "folded")]
     markdown = (out / "summary.md").read_text()
     assert f"jax {jax.__version__}" in markdown and "## DSNTr loss forward + backward" in markdown
     for config in ("jit", "folded", "estimator"):

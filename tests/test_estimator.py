@@ -106,3 +106,22 @@ def test_estimator_reuses_the_compiled_program_of_a_batch_size():
     assert sorted(estimator._compiled) == [1, 2]
     estimator.predict(images[1:3])
     assert sorted(estimator._compiled) == [1, 2]
+
+
+def test_bfloat16_estimator_casts_the_folded_weights_once_and_stays_close():
+    """precision='bfloat16': the folded convolution kernels are stored in bfloat16 (no per-call cast), the
+    predictions stay near float32's, and an unknown precision is one clear error."""
+    cfg = resolve({"backbone": "resnet18", "res": 28, "input_size": 32, "model_overrides": TINY_RESNET})
+    variables = _variables(cfg.model.build(), 32)
+    bf16 = PoseEstimator(cfg, variables, precision="bfloat16")
+    f32 = PoseEstimator(cfg, variables)
+    kernels = [x for path, x in jax.tree_util.tree_leaves_with_path(bf16.variables["params"])
+               if path[-1].key == "kernel" and "out_fc" not in jax.tree_util.keystr(path)]
+    assert kernels and all(k.dtype == jnp.bfloat16 for k in kernels)
+    assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(f32.variables["params"]))
+    images = _images(2)
+    for ours, ref in zip(bf16.predict(images), f32.predict(images)):
+        assert ours.coords.dtype == np.float32
+        np.testing.assert_allclose(ours.coords, ref.coords, atol=0.05)
+    with pytest.raises(ValueError, match="precision must be one of float32, bfloat16"):
+        PoseEstimator(cfg, variables, precision="float16")

@@ -225,3 +225,21 @@ def test_hm_amplitude_is_the_papers_unless_set() -> None:
     # config.json files written before the option existed read as the paper's amplitude.
     old = cfg.to_json().replace('"hm_amplitude": 10.0,', "")
     assert "hm_amplitude" not in old and C.Config.from_json(old).hm_amplitude == 1.0
+
+
+def test_loader_processes_default_to_the_machine_and_a_resumed_run_keeps_its_number(monkeypatch) -> None:
+    """--num-workers unset: none with a CPU-only JAX, cores − 1 (at most 32) with an accelerator; a resumed run
+    keeps the number in its config.json, since its data-iterator state depends on it."""
+    from train.loop import data as data_lib
+
+    cfg = C.parse_args(["--preset=synthetic-cpu"])
+    assert cfg.num_workers is None and data_lib.default_num_workers() == 0  # this CPU-only machine
+    assert trainer.pin_num_workers(cfg, None).num_workers == 0
+    assert trainer.pin_num_workers(cfg, dataclasses.replace(cfg, num_workers=3)).num_workers == 3
+    explicit = dataclasses.replace(cfg, num_workers=5)
+    assert trainer.pin_num_workers(explicit, dataclasses.replace(cfg, num_workers=3)).num_workers == 5
+    monkeypatch.setattr(data_lib.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(data_lib.os, "sched_getaffinity", lambda _: set(range(16)))
+    assert data_lib.default_num_workers() == 15
+    monkeypatch.setattr(data_lib.os, "sched_getaffinity", lambda _: set(range(128)))
+    assert data_lib.default_num_workers() == data_lib.MAX_DEFAULT_WORKERS

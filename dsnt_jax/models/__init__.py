@@ -10,8 +10,11 @@
 
 from dsnt_jax.models.factory import (
     BACKBONES,
+    COMPUTE_DTYPES,
+    PRECISIONS,
     ModelConfig,
     ModelConfigError,
+    Precision,
     create_model,
     heatmap_size_for,
     input_size_for,
@@ -23,6 +26,7 @@ from dsnt_jax.models.heads import (
     FC_NAME,
     OUTPUTS,
     Output,
+    PoseNetwork,
     decode,
     decode_with_params,
     hm_decode,
@@ -56,6 +60,9 @@ from dsnt_jax.models.summary import count_params, model_summary
 __all__ = [
     "ACTIVATIONS",
     "BACKBONES",
+    "COMPUTE_DTYPES",
+    "PRECISIONS",
+    "Precision",
     "FC_NAME",
     "FoldedModel",
     "HOURGLASS_STACKS",
@@ -65,6 +72,7 @@ __all__ = [
     "RES_TO_DILATE",
     "RESOLUTIONS",
     "Output",
+    "PoseNetwork",
     "Regularizer",
     "Resolution",
     "BatchNorm",

@@ -10,16 +10,20 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, get_args
 
 import jax.numpy as jnp
 from flax import linen as nn
 
-from dsnt_jax.models.heads import ACTIVATIONS, OUTPUTS, check_output
+from dsnt_jax.models.heads import ACTIVATIONS, OUTPUTS, PoseNetwork, check_output
 from dsnt_jax.models.hourglass import HOURGLASS_STACKS, HourglassPose
 from dsnt_jax.models.resnet import RES_TO_DILATE, RESNET_SPECS, RESOLUTIONS, ResNetPose, feature_size
 
 BACKBONES: tuple[str, ...] = (*RESNET_SPECS, *HOURGLASS_STACKS)
+# The network's computation dtype by name (`--precision`); parameters stay float32, heads and losses too.
+Precision = Literal["float32", "bfloat16"]
+COMPUTE_DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 RESNET_INPUT_SIZE = 224
 HOURGLASS_INPUT_SIZE = 256
 HOURGLASS_RES = 64
@@ -113,9 +117,9 @@ def create_model(backbone: str, *, res: int | None = None, output: str = "dsnt",
     return cls(**kwargs)
 
 
-# Module fields that `ModelConfig.overrides` may not set: they are ModelConfig fields or `build` arguments.
-_RESERVED_FIELDS = frozenset({"num_joints", "output", "activation", "dtype", "param_dtype", "axis_name",
-                              "parent", "name"})
+# Module fields that `ModelConfig.overrides` may not set: ModelConfig fields or `build` arguments (the shared
+# pose-network settings, but the BatchNorm momentum), and flax's own.
+_RESERVED_FIELDS = (frozenset(PoseNetwork.__dataclass_fields__) - {"bn_momentum"}) | {"parent", "name"}
 
 
 def _freeze(value: Any) -> Any:

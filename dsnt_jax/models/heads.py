@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from dsnt_jax import ops
-from dsnt_jax.models.layers import torch_default_bias_init, torch_default_kernel_init
+from dsnt_jax.models.layers import Dtype, torch_default_bias_init, torch_default_kernel_init
 from dsnt_jax.ops import ACTIVATIONS, Activation
 
 Output = Literal["dsnt", "fc", "hm"]
@@ -29,6 +29,28 @@ OUTPUTS: tuple[Output, ...] = get_args(Output)
 FC_NAME = "out_fc"
 # The paper code draws the HM target only inside a 7×7 window around the rounded centre.
 HM_WINDOW = 7
+
+
+class PoseNetwork(nn.Module):
+    """The settings every pose network of the paper shares (`ResNetPose`, `HourglassPose` extend it).
+
+    Attributes:
+      num_joints: J heatmap channels.
+      output: 'dsnt', 'fc' or 'hm' (`OUTPUTS`).
+      activation: heatmap activation for dsnt/fc (`ACTIVATIONS`).
+      dtype: computation dtype of the network; the head's outputs are float32.
+      param_dtype: parameter dtype.
+      axis_name: pmap/shard_map axis over which BatchNorm averages batch statistics.
+      bn_momentum: BatchNorm running-average momentum (PyTorch's 0.1 is flax's 0.9).
+    """
+
+    num_joints: int = 16
+    output: str = "dsnt"
+    activation: str = "softmax"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    axis_name: str | None = None
+    bn_momentum: float = 0.9
 
 
 def check_output(output: str, activation: str = "softmax") -> None:

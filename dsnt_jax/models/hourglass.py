@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from dsnt_jax.models.heads import check_output, make_fc, outputs_from_logits
+from dsnt_jax.models.heads import PoseNetwork, check_output, make_fc, outputs_from_logits
 from dsnt_jax.models.layers import (
     BatchNorm,
     Dtype,
@@ -106,7 +106,7 @@ class Hourglass(nn.Module):
         return self._level(self.depth, x)
 
 
-class HourglassPose(nn.Module):
+class HourglassPose(PoseNetwork):
     """Stacked hourglass pose network with the paper's output strategies and intermediate supervision.
 
     Attributes:
@@ -114,7 +114,7 @@ class HourglassPose(nn.Module):
       num_blocks: residual blocks per position (paper: 1).
       features: channels in the hourglasses (256); the stem uses features/4 and features/2.
       depth: hourglass levels (4); the input side must be a multiple of 4·2^depth.
-      num_joints, output, activation, dtype, param_dtype, axis_name, bn_momentum: as `ResNetPose`.
+      num_joints, output, activation, dtype, param_dtype, axis_name, bn_momentum: see `PoseNetwork`.
 
     Input: [B, S, S, 3], the paper subtracts the MPII mean RGB from [0, 1] images. Output: the last
     stack's {'coords': [B, J, 2], 'heatmaps': [B, J, S/4, S/4], 'logits': …} plus 'stacks': the same
@@ -126,13 +126,6 @@ class HourglassPose(nn.Module):
     num_blocks: int = 1
     features: int = 256
     depth: int = 4
-    num_joints: int = 16
-    output: str = "dsnt"
-    activation: str = "softmax"
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    axis_name: str | None = None
-    bn_momentum: float = 0.9
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> dict[str, Any]:

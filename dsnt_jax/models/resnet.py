@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from dsnt_jax.models.heads import check_output, make_fc, outputs_from_logits
+from dsnt_jax.models.heads import PoseNetwork, check_output, make_fc, outputs_from_logits
 from dsnt_jax.models.layers import (
     BatchNorm,
     Dtype,
@@ -89,12 +89,10 @@ def _layer_factories(module: Any, train: bool) -> tuple[Any, Any]:
     return conv, norm
 
 
-class BasicBlock(nn.Module):
-    """torchvision BasicBlock: 3×3 → 3×3, identity or 1×1-conv shortcut. Output `features` channels.
-
-    `stride_conv_dilation` is the dilation of conv1 (the 3×3 that carries a stage's stride); `dilation`
-    that of conv2.
-    """
+class _Block(nn.Module):
+    """The fields of a residual block: `features` channels (× `expansion` out), the stage's stride, the
+    dilation of the 3×3 that carries the stride (`stride_conv_dilation`) and of the other 3×3 (`dilation`),
+    a 1×1-conv shortcut (`downsample`) and the conv / norm factories (`_layer_factories`)."""
 
     features: int
     strides: int
@@ -106,6 +104,14 @@ class BasicBlock(nn.Module):
 
     # Output channels per `features` (a class constant, not a module field).
     expansion: ClassVar[int] = 1
+
+
+class BasicBlock(_Block):
+    """torchvision BasicBlock: 3×3 → 3×3, identity or 1×1-conv shortcut. Output `features` channels.
+
+    `stride_conv_dilation` is the dilation of conv1 (the 3×3 that carries a stage's stride); `dilation`
+    that of conv2.
+    """
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -123,16 +129,8 @@ class BasicBlock(nn.Module):
         return nn.relu(y + x)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
     """torchvision Bottleneck (v1.5, stride on the 3×3): 1×1 → 3×3 → 1×1 (×4 channels)."""
-
-    features: int
-    strides: int
-    dilation: int
-    stride_conv_dilation: int
-    downsample: bool
-    conv: Any
-    norm: Any
 
     expansion: ClassVar[int] = 4
 
@@ -249,16 +247,13 @@ class UpsamplingHead(nn.Module):
         return nn.relu(self.norm(name="bn2")(y))
 
 
-class ResNetPose(nn.Module):
+class ResNetPose(PoseNetwork):
     """The paper's ResNet pose network: trunk → 1×1 conv (no bias) to J heatmaps → output strategy.
 
     Attributes:
       stage_sizes, block, widths, stem_width: trunk shape (see `ResNet`; `RESNET_SPECS`).
       dilate: 0–3 dilated stages (heatmap 7·2^dilate px for a 224-px input).
-      num_joints: J heatmap channels.
-      output: 'dsnt', 'fc' or 'hm' (`dsnt_jax.models.heads`).
-      activation: heatmap activation for dsnt/fc.
-      dtype, param_dtype, axis_name, bn_momentum: as `ResNet`. The head's outputs are float32.
+      num_joints, output, activation, dtype, param_dtype, axis_name, bn_momentum: see `PoseNetwork`.
       upsample: 0 (the paper): the 1×1 heatmap conv reads the trunk output. Otherwise the channels of an
         `UpsamplingHead` in between, which gives heatmaps at stride 4 (side ⌈S/4⌉) whatever `dilate`.
 
@@ -271,13 +266,6 @@ class ResNetPose(nn.Module):
     dilate: int = 0
     widths: Sequence[int] = (64, 128, 256, 512)
     stem_width: int = 64
-    num_joints: int = 16
-    output: str = "dsnt"
-    activation: str = "softmax"
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    axis_name: str | None = None
-    bn_momentum: float = 0.9
     upsample: int = 0
 
     @nn.compact

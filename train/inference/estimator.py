@@ -33,6 +33,7 @@ import numpy as np
 from data import augment, records
 from data.joints import NUM_JOINTS
 from dsnt_jax import ops
+from dsnt_jax.models import COMPUTE_DTYPES
 from dsnt_jax.models import fold as fold_lib
 from train.inference import forward
 from train.inference.images import to_uint8_rgb
@@ -134,16 +135,20 @@ class PoseEstimator:
     """A trained pose network with its preprocessing; see the module docstring."""
 
     def __init__(self, cfg: config_lib.Config, variables: dict[str, Any], *, flip_test: bool = False,
-                 fold_batchnorm: bool = True):
+                 fold_batchnorm: bool = True, precision: str = "float32"):
         """Wraps restored `variables` ({'params', 'batch_stats'}) of the model described by `cfg`.
 
         With `fold_batchnorm` (default) each BatchNorm is folded into the convolution before it once, here
         (`dsnt_jax.models.fold_batchnorm`; equal to the unfolded network to float32 rounding), so a call runs
         fewer, fused kernels. Each batch size is compiled ahead of time on first use and reused.
+        `precision` is the network's computation dtype ('float32' or 'bfloat16', whatever the run trained
+        with); the folded weights are cast to it once, here, and coordinates are computed in float32.
         """
+        if precision not in COMPUTE_DTYPES:
+            raise ValueError(f"precision must be one of {', '.join(COMPUTE_DTYPES)}, got {precision!r}")
         self.config = cfg
         self.flip_test = flip_test
-        self.model = cfg.model.build()
+        self.model = cfg.model.build(dtype=COMPUTE_DTYPES[precision])
         # `apply_fn(self.variables, images, train=False)` is the network's forward, folded or not.
         self.apply_fn: Any
         size = cfg.model.input_size

@@ -25,6 +25,7 @@ from dsnt_jax.models import (
     ACTIVATIONS,
     BACKBONES,
     OUTPUTS,
+    PRECISIONS,
     REGULARIZERS,
     RESNET_SPECS,
     RESOLUTIONS,
@@ -35,7 +36,6 @@ from dsnt_jax.models import (
 )
 
 DATASETS: tuple[str, ...] = ("mpii", "synthetic")
-PRECISIONS: tuple[str, ...] = ("float32", "bfloat16")
 NONFINITE_POLICIES: tuple[str, ...] = ("stop", "skip")
 
 # Command-line flags that set a `ModelConfig` field (flag name → field).
@@ -79,7 +79,7 @@ class Config:
     precision: str = "float32"
     eval_every: int = 1
     flip_test: bool = False
-    num_workers: int = 0
+    num_workers: int | None = None  # None: `train.loop.data.default_num_workers()`
     cache_mb: int = 1024
     keep_checkpoints: int = 3
     on_nonfinite: str = "stop"
@@ -240,8 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="also validate with flip test-time augmentation (default off; on in synthetic-cpu)")
     a("--input-size", type=int, help=f"input side in px (default {input_size_for('resnet50')} ResNet, "
                                      f"{input_size_for('hg2')} hourglass)")
-    a("--num-workers", type=int, help=f"data-loading processes per host (default {d.num_workers}: in the main "
-                                      "process)")
+    a("--num-workers", type=int, help="data-loading processes per host (default: none with a CPU-only JAX, whose "
+                                      "cores do the training; with an accelerator one per CPU core but one, at most "
+                                      "32; a resumed run keeps the number it started with)")
     a("--cache-mb", type=int, help="with --no-aug: MiB per data-loading process for crops kept after their "
                                    f"first epoch (default {d.cache_mb}; 0 disables)")
     a("--keep-checkpoints", type=int, help=f"latest checkpoints kept besides the best (default "
@@ -331,7 +332,7 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"--lr-milestones must be increasing positive epochs, got {cfg.lr_milestones}")
     if cfg.train_samples is not None and cfg.train_samples < 1:
         raise ValueError(f"--train-samples must be at least 1, got {cfg.train_samples}")
-    if cfg.num_workers < 0 or cfg.cache_mb < 0:
+    if (cfg.num_workers is not None and cfg.num_workers < 0) or cfg.cache_mb < 0:
         raise ValueError(f"--num-workers and --cache-mb must be >= 0, got {cfg.num_workers} and {cfg.cache_mb}")
     if cfg.pretrained is not None and not cfg.model.is_resnet:
         raise ValueError("--pretrained loads torchvision ResNet weights; the hourglass trains from scratch")

@@ -161,13 +161,36 @@ def steps_per_epoch(cfg: Config, num_train: int) -> int:
     return -(-n // cfg.batch_size)
 
 
+# The default's cap, so that a host with very many cores does not start hundreds of loader processes.
+MAX_DEFAULT_WORKERS = 32
+
+
+def default_num_workers() -> int:
+    """Data-loading processes per host when --num-workers is not given.
+
+    None with a CPU-only JAX: the cores compute the training steps, and workers would take them away (on the
+    2-core CPU the in-process loader is fastest). With an accelerator, one per CPU core available to this
+    process but one (the training loop's), at most `MAX_DEFAULT_WORKERS`: on the 16-core GPU host 12 workers
+    kept up with 1,020 augmented 224-px images/s (docs/gpu.md), so bfloat16 training needs all of them.
+    """
+    if jax.default_backend() == "cpu":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(cores - 1, MAX_DEFAULT_WORKERS))
+
+
+def num_workers(cfg: Config) -> int:
+    """`cfg.num_workers`, or `default_num_workers()` when it is None."""
+    return default_num_workers() if cfg.num_workers is None else cfg.num_workers
+
+
 def train_loader(cfg: Config, source: Any, *, shard_index: int = 0, shard_count: int = 1) -> Any:
     """The training grain dataset of this host (an endless stream; see `data.pipeline`)."""
     size, mean = input_spec(cfg)
     return make_train_loader(
         source, global_batch_size=cfg.batch_size, out_size=size, mean_rgb=mean,
         augment_variant="paper_code" if cfg.augment else "none", seed=cfg.seed,
-        num_workers=cfg.num_workers, shard_index=shard_index, shard_count=shard_count,
+        num_workers=num_workers(cfg), shard_index=shard_index, shard_count=shard_count,
         train_samples=cfg.train_samples, cache_bytes=cfg.cache_mb << 20)
 
 
@@ -175,7 +198,7 @@ def eval_loader(cfg: Config, source: Any, *, shard_index: int = 0, shard_count: 
     """The validation grain dataset of this host (one ordered pass, last batch padded)."""
     size, mean = input_spec(cfg)
     return make_eval_loader(source, global_batch_size=cfg.batch_size, out_size=size, mean_rgb=mean,
-                            num_workers=cfg.num_workers, shard_index=shard_index, shard_count=shard_count)
+                            num_workers=num_workers(cfg), shard_index=shard_index, shard_count=shard_count)
 
 
 def mean_pose(train_coords: tuple[np.ndarray, np.ndarray]) -> np.ndarray:

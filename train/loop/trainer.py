@@ -14,11 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from data import pckh
-from dsnt_jax.models import load_torchvision_resnet
+from dsnt_jax.models import COMPUTE_DTYPES, load_torchvision_resnet
 from train.loop import config as config_lib
 from train.loop import data as data_lib
 from train.loop import state as state_lib
@@ -104,12 +103,14 @@ def set_up(cfg: config_lib.Config) -> Run:
     log: Callable[[str], None] = print if is_main else (lambda *_: None)
     run_dir = RunDir(cfg.workdir)
     checkpointer = Checkpointer(run_dir.checkpoints, keep=cfg.keep_checkpoints)
-    check_same_config(run_dir, cfg, has_checkpoints=bool(checkpointer.all_steps()))
+    saved = run_dir.read_config() if checkpointer.all_steps() and run_dir.has_config() else None
+    cfg = pin_num_workers(cfg, saved)
+    if saved is not None:  # a config.json without checkpoints binds nothing: it is replaced once the run starts
+        config_lib.check_resumable(saved, cfg)
 
     datasets = data_lib.open_datasets(cfg, log=log)
     spe = data_lib.steps_per_epoch(cfg, len(datasets.train))
-    dtype = jnp.bfloat16 if cfg.precision == "bfloat16" else jnp.float32
-    model = cfg.model.build(dtype=dtype, axis_name=steps_lib.AXIS)
+    model = cfg.model.build(dtype=COMPUTE_DTYPES[cfg.precision], axis_name=steps_lib.AXIS)
     schedule = state_lib.epoch_schedule(cfg.lr, cfg.lr_milestones, cfg.lr_gamma, spe)
     state = state_lib.create_train_state(model, cfg.seed, cfg.model.input_size, state_lib.torch_rmsprop(schedule))
     log(describe(cfg, datasets, spe))
@@ -141,14 +142,13 @@ def set_up(cfg: config_lib.Config) -> Run:
                progress=Progress(cfg.epochs * spe, step, enabled=is_main), log=log, meta=meta, step=step)
 
 
-def check_same_config(run_dir: RunDir, cfg: config_lib.Config, *, has_checkpoints: bool) -> None:
-    """Refuses to continue checkpoints written under a different configuration.
-
-    A config.json without checkpoints is from a run that never saved one (e.g. it stopped on a missing
-    dataset): it binds nothing and is replaced once this run starts.
-    """
-    if has_checkpoints and run_dir.has_config():
-        config_lib.check_resumable(run_dir.read_config(), cfg)
+def pin_num_workers(cfg: config_lib.Config, saved: config_lib.Config | None) -> config_lib.Config:
+    """`cfg` with a number of loader processes: the one given, else the resumed run's (its data-iterator
+    state depends on it), else this machine's default (`data.default_num_workers`)."""
+    if cfg.num_workers is not None:
+        return cfg
+    n = saved.num_workers if saved is not None and saved.num_workers is not None else data_lib.default_num_workers()
+    return dataclasses.replace(cfg, num_workers=n)
 
 
 def describe(cfg: config_lib.Config, datasets: data_lib.Datasets, steps_per_epoch: int) -> str:
