@@ -35,7 +35,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import serialization
 
-from train.loop.workdir import CORRUPT_DIR, WorkdirError, check_writable
+from train.loop.workdir import CORRUPT_DIR, WorkdirError, check_writable, one_line
 
 
 class CheckpointError(WorkdirError):
@@ -138,7 +138,7 @@ class Checkpointer:
             raise
         except Exception as err:  # orbax and tensorstore raise many types for a failed write
             raise CheckpointError(
-                f"could not write checkpoint {self._saving} to {self.directory} ({_one_line(err)}); the "
+                f"could not write checkpoint {self._saving} to {self.directory} ({one_line(err)}); the "
                 f"complete checkpoints there are untouched: free space or fix permissions, then rerun the same "
                 f"command to resume") from err
 
@@ -212,7 +212,7 @@ class Checkpointer:
             try:
                 result = self.restore(step, state_template, data_iter)
             except Exception as err:  # orbax, tensorstore and grain raise many types for damaged files
-                failures.append((step, _one_line(err)))
+                failures.append((step, one_line(err)))
                 continue
             for bad, reason in failures:
                 moved = self._move_aside(bad)
@@ -273,7 +273,7 @@ class Checkpointer:
                 meta = self.read_meta(step)
                 break
             except Exception as err:  # a damaged newest checkpoint: an older one knows the best too
-                reasons.append(f"step {step}: {_one_line(err)}")
+                reasons.append(f"step {step}: {one_line(err)}")
         else:
             raise CheckpointError(f"no checkpoint metadata in {self.directory} reads ({'; '.join(reasons)})")
         best = meta.get("best_step")
@@ -310,10 +310,3 @@ class Checkpointer:
                     self._prune()
         finally:
             self._manager.close()
-
-
-def _one_line(err: BaseException, limit: int = 320) -> str:
-    text = " ".join(str(err).split())
-    if len(text) > limit:  # the start says what failed, the end why (e.g. "No space left on device")
-        text = f"{text[:limit // 3]} … {text[-2 * limit // 3:]}"
-    return f"{type(err).__name__}: {text}"

@@ -9,6 +9,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from train.loop.workdir import one_line
+
 
 class StopRequest:
     """SIGTERM or Ctrl-C (SIGINT) → finish the current step, save a checkpoint and exit.
@@ -51,7 +53,6 @@ class PeerFailure(RuntimeError):
 
 def peer_failure(err: Exception) -> PeerFailure:
     """The one-line error for a collective that failed because a peer process died."""
-    text = " ".join(str(err).split())
     return PeerFailure(f"process {jax.process_index()}: another process of this {jax.process_count()}-process run "
-                       f"stopped ({text[:160]}); rerun the same command on every host to resume from the last "
+                       f"stopped ({one_line(err, 160)}); rerun the same command on every host to resume from the last "
                        f"complete checkpoint")

@@ -180,3 +180,12 @@ def locked(workdir: str, *, enabled: bool = True) -> Iterator[None]:
         return
     with RunLock(workdir):
         yield
+
+
+def one_line(err: BaseException, limit: int = 320) -> str:
+    """`err` as one line of at most about `limit` characters, for a one-line error message."""
+    text = " ".join(str(err).split())
+    if len(text) > limit:  # the start says what failed, the end why (e.g. "No space left on device")
+        text = f"{text[:limit // 3]} … {text[-2 * limit // 3:]}"
+    return f"{type(err).__name__}: {text}"
+
