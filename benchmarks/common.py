@@ -29,11 +29,17 @@ import jax  # noqa: E402  (after the environment variable above)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dsnt_jax.models import COMPUTE_DTYPES, create_model, fold_batchnorm  # noqa: E402
+from dsnt_jax.models import (  # noqa: E402
+    COMPUTE_DTYPES,
+    HOURGLASS_STACKS,
+    RESNET_SPECS,
+    RESOLUTIONS,
+    create_model,
+    fold_batchnorm,
+)
 
-RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-RESOLUTIONS = (7, 14, 28, 56)
-HOURGLASSES = ("hg1", "hg2", "hg4", "hg8")
+RESNETS: tuple[str, ...] = tuple(RESNET_SPECS)
+HOURGLASSES: tuple[str, ...] = tuple(HOURGLASS_STACKS)
 ALL_MODELS: tuple[str, ...] = tuple(f"{b}@{r}" for b in RESNETS for r in RESOLUTIONS) + HOURGLASSES
 # Φ⁻¹(0.75): MAD / this estimates a normal σ (anibali/tele `MedianValueMeter`).
 MAD_TO_SIGMA = 0.6744897501960817

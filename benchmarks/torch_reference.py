@@ -229,7 +229,7 @@ def build_torch_model(backbone: str, res: int, num_joints: int = 16, *,
                          f"got {res!r}")
     trunk = apply_paper_dilation(resnet_trunk(backbone, use_torchvision=use_torchvision),
                                  RES_TO_DILATE[res])
-    expansion = 1 if RESNET_SPECS[backbone][0] == "basic" else 4
+    expansion = (BasicBlock if RESNET_SPECS[backbone][0] == "basic" else Bottleneck).expansion
     return TorchPoseModel(trunk, WIDTHS[-1] * expansion, num_joints)
 
 

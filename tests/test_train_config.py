@@ -238,6 +238,10 @@ def test_loader_processes_default_to_the_machine_and_a_resumed_run_keeps_its_num
     assert trainer.pin_num_workers(cfg, dataclasses.replace(cfg, num_workers=3)).num_workers == 3
     explicit = dataclasses.replace(cfg, num_workers=5)
     assert trainer.pin_num_workers(explicit, dataclasses.replace(cfg, num_workers=3)).num_workers == 5
+    # An unset --num-workers continues any run (it adopts the saved number); a different explicit one does not.
+    C.check_resumable(dataclasses.replace(cfg, num_workers=3), cfg)
+    with pytest.raises(ValueError, match="num_workers: 3 → 5"):
+        C.check_resumable(dataclasses.replace(cfg, num_workers=3), explicit)
     monkeypatch.setattr(data_lib.jax, "default_backend", lambda: "gpu")
     monkeypatch.setattr(data_lib.os, "sched_getaffinity", lambda _: set(range(16)))
     assert data_lib.default_num_workers() == 15

@@ -350,9 +350,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
 
 
 def config_differences(a: Config, b: Config, keys: Sequence[str]) -> list[str]:
-    """'name: a → b' for each of `keys` that differs; the model's fields are named by their flags."""
+    """'name: a → b' for each of `keys` that differs; the model's fields are named by their flags. `b`'s
+    num_workers None (not given: the run keeps the number it started with) differs from nothing."""
     diffs = [f"{k}: {getattr(a, k)!r} → {getattr(b, k)!r}" for k in keys
-             if k != "model" and getattr(a, k) != getattr(b, k)]
+             if k != "model" and getattr(a, k) != getattr(b, k) and not (k == "num_workers" and b.num_workers is None)]
     if "model" in keys:
         diffs += [f"{flag}: {getattr(a.model, field)!r} → {getattr(b.model, field)!r}"
                   for flag, field in MODEL_FLAGS.items() if getattr(a.model, field) != getattr(b.model, field)]

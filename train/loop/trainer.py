@@ -73,7 +73,7 @@ def train_and_evaluate(cfg: config_lib.Config) -> int:
     try:
         for epoch in range(run.step // run.steps_per_epoch + 1, cfg.epochs + 1):
             stopped = train_epoch(run, epoch, stop)
-            finished = run.step == min(epoch * run.steps_per_epoch, run.total_steps)
+            finished = run.step == epoch * run.steps_per_epoch  # not cut short by a stop request
             if finished and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
                 record_validation(run, validate(run, epoch))
             save(run, epoch)
@@ -176,7 +176,7 @@ def load_pretrained(cfg: config_lib.Config, state: state_lib.TrainState) -> stat
 def train_epoch(run: Run, epoch: int, stop: StopRequest) -> bool:
     """Trains to the end of `epoch` (1-based; from mid-epoch after a resume); True if a stop was requested
     (SIGTERM, Ctrl-C), which ends the epoch early unless it came with its last step."""
-    end = min(epoch * run.steps_per_epoch, run.total_steps)
+    end = epoch * run.steps_per_epoch
     n_local = jax.local_device_count()
     while run.step < end:
         batch = next(run.train_iter)
