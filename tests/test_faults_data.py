@@ -68,12 +68,16 @@ def _start_build_and_wait_for_workers(data_dir: Path, log: Path) -> tuple[subpro
 
     Output goes to a file, not a pipe: workers that outlive the parent would hold a pipe open forever.
     """
-    with open(log, "w") as out:
-        # A suite started as a background job of a non-interactive shell inherits SIGINT ignored, and Python
-        # keeps an ignored SIGINT: the build gets the disposition a terminal user's command has.
-        proc = subprocess.Popen(_prepare_cmd(data_dir), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # A suite started as a background job of a non-interactive shell inherits SIGINT ignored, and Python keeps
+    # an ignored SIGINT. A handler here becomes the default disposition in the exec'd child: the build gets the
+    # SIGINT a terminal user's command has.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with open(log, "w") as out:
+            proc = subprocess.Popen(_prepare_cmd(data_dir), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         kids = _descendants(proc.pid)
