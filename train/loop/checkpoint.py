@@ -43,10 +43,15 @@ class CheckpointError(WorkdirError):
 
 
 class _DropOrbaxErrors(logging.Filter):
-    """Drops orbax's error logs: the failures they report reach the caller as one CheckpointError line."""
+    """Drops orbax's error logs, and asyncio's reports of orbax write futures that failed after the save had
+    already failed (a full disk): the failure reaches the caller as one CheckpointError line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+        if record.levelno < logging.ERROR:
+            return True
+        if f"{os.sep}orbax{os.sep}" in record.pathname:
+            return False
+        return not (record.name == "asyncio" and "orbax-checkpoint-tmp" in record.getMessage())
 
 
 _ORBAX_ERRORS_FILTER = _DropOrbaxErrors()
@@ -82,7 +87,8 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None, create=not read_only, read_only=read_only,
             enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only)
-        logging.getLogger("absl").addFilter(_ORBAX_ERRORS_FILTER)  # adding the same filter twice is a no-op
+        for logger in ("absl", "asyncio"):  # adding the same filter twice is a no-op
+            logging.getLogger(logger).addFilter(_ORBAX_ERRORS_FILTER)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
         # The best step named by the newest complete checkpoint and by the save in flight; pruning keeps both.
         self._best_on_disk: int | None = None
