@@ -230,3 +230,13 @@ def test_training_mode_batchnorm_is_rejected():
     variables = Train().init(jax.random.key(0), _images(8))
     with pytest.raises(ValueError, match="inference mode"):
         fold_batchnorm(Train(), variables, input_shape=(1, 8, 8, 3))
+
+
+def test_folded_apply_is_called_like_model_apply_and_has_no_training_mode():
+    model = create_model("resnet18", res=28, num_joints=3, **TINY_RESNET)
+    images = _images(32)
+    folded = fold_batchnorm(model, model.init(jax.random.key(0), images))
+    np.testing.assert_array_equal(folded.apply(folded.variables, images, train=False)["coords"],
+                                  folded.apply(folded.variables, images)["coords"])
+    with pytest.raises(ValueError, match="no training mode"):
+        folded.apply(folded.variables, images, train=True)

@@ -38,8 +38,9 @@ class FoldedModel:
     """Result of `fold_batchnorm`.
 
     Attributes:
-      apply: `apply(variables, images [B, S, S, 3]) -> outputs dict`, equal to
-        `model.apply(original_variables, images, train=False)`; jit-able (pure in its arguments).
+      apply: `apply(variables, images [B, S, S, 3], train=False) -> outputs dict`, equal to
+        `model.apply(original_variables, images, train=False)` and called like it (`train=True` is an
+        error: a folded network has no training mode); jit-able (pure in its arguments).
       variables: the folded variables, without the BNs' batch_stats. Folded convs hold `kernel` and
         `bias` in the conv's compute dtype (other convs too are cast to it once); unfoldable BNs hold
         float32 `mul` and `add` [C].
@@ -47,7 +48,7 @@ class FoldedModel:
       affine: paths of the BNs applied as a precomputed scale and shift.
     """
 
-    apply: Callable[[Mapping[str, Any], jax.Array], dict[str, Any]]
+    apply: Callable[..., dict[str, Any]]
     variables: dict[str, Any]
     folded: tuple[tuple[Path, Path], ...]
     affine: tuple[Path, ...]
@@ -177,7 +178,7 @@ def _bn_out_dtype(bn: nn.Module, x: jax.Array) -> Any:
 
 
 def _folded_forward(model: nn.Module, convs: frozenset, folded_bns: frozenset,
-                    affine_bns: frozenset) -> Callable[[Mapping[str, Any], jax.Array], dict]:
+                    affine_bns: frozenset) -> Callable[..., dict[str, Any]]:
     def run(next_fun, args, kwargs, ctx):
         m = ctx.module
         if _is_call(ctx, nn.Conv) and m.path in convs:
@@ -193,7 +194,9 @@ def _folded_forward(model: nn.Module, convs: frozenset, folded_bns: frozenset,
             return (x32 * p["mul"] + p["add"]).astype(out_dtype)
         return next_fun(*args, **kwargs)
 
-    def apply(variables: Mapping[str, Any], images: jax.Array) -> dict[str, Any]:
+    def apply(variables: Mapping[str, Any], images: jax.Array, train: bool = False) -> dict[str, Any]:
+        if train:
+            raise ValueError("a folded network has no training mode; train the unfolded model")
         with nn.intercept_methods(run):
             return cast(dict[str, Any], model.apply(variables, images, train=False))
 

@@ -150,14 +150,11 @@ class PoseEstimator:
         self.flip_test = flip_test
         self.model = cfg.model.build(dtype=COMPUTE_DTYPES[precision])
         # `apply_fn(self.variables, images, train=False)` is the network's forward, folded or not.
-        self.apply_fn: Any
-        size = cfg.model.input_size
+        self.apply_fn = self.model.apply
         if fold_batchnorm:
+            size = cfg.model.input_size
             folded = fold_lib.fold_batchnorm(self.model, variables, input_shape=(1, size, size, 3))
-            self.apply_fn = functools.partial(_without_train_flag, folded.apply)
-            variables = folded.variables
-        else:
-            self.apply_fn = self.model.apply
+            self.apply_fn, variables = folded.apply, folded.variables
         self.variables = jax.device_put(variables)  # device-resident: no copy of the weights per call
         self.mean_rgb = None if cfg.model.is_resnet else augment.HOURGLASS_INPUT.mean_rgb
         self._compiled: dict[int, Any] = {}
@@ -249,12 +246,6 @@ class PoseEstimator:
                            spread=spread[i],
                            box=box or Box.whole_image(*np.asarray(im).shape[:2]))
                 for i, (im, box) in enumerate(zip(images, boxes))]
-
-
-def _without_train_flag(apply: Any, variables: Any, images: jax.Array, train: bool = False) -> Any:
-    """A folded forward (always inference mode) with the `model.apply` signature `forward.predict` calls."""
-    assert not train, "a folded network has no training mode"
-    return apply(variables, images)
 
 
 def _warn_boxes_outside(images: Sequence[np.ndarray], boxes: Sequence[Box | None]) -> None:
