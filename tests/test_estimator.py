@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from trained_like import trained_like
 
 from train.inference import PoseEstimator
 from train.loop.config import resolve
@@ -19,36 +20,9 @@ TINY_HOURGLASS = {"features": 16, "depth": 2, "num_stacks": 2, "bn_momentum": 0.
 
 
 def _variables(model: Any, input_size: int, seed: int = 0) -> dict[str, Any]:
-    """Random {'params', 'batch_stats'} with non-trivial BatchNorm affines and running statistics.
-
-    Parameters are drawn with numpy from `jax.eval_shape(model.init)` (running flax's initialisers costs
-    more than the test): He-normal kernels, scales U(0.5, 1.5), biases N(0, 0.1). The running statistics
-    are the batch statistics of random images (the model has bn_momentum = 0), then perturbed, so that
-    folding changes every conv while activations keep a sane scale through the network (made-up
-    statistics blow the hourglass's logits up to ~10³, where float32 rounding alone exceeds 1e-5).
-    """
-    rng = np.random.default_rng(seed)
-    draws = {
-        "kernel": lambda s: rng.normal(0.0, np.sqrt(2.0 / np.prod(s[:-1])), s),
-        "scale": lambda s: rng.uniform(0.5, 1.5, s),
-        "bias": lambda s: rng.normal(0.0, 0.1, s),
-        "mean": np.zeros,
-        "var": np.ones,
-    }
-    probe = rng.uniform(-0.5, 0.5, (4, input_size, input_size, 3)).astype(np.float32)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct(probe.shape, jnp.float32))
-    variables = jax.tree_util.tree_map_with_path(
-        lambda path, s: jnp.asarray(draws[path[-1].key](s.shape), s.dtype), shapes)
-    _, updated = model.apply(variables, probe, train=True, mutable=["batch_stats"])
-
-    def perturb(path: Any, stat: jax.Array) -> np.ndarray:
-        stat = np.asarray(stat)
-        if path[-1].key == "mean":
-            return stat + 0.2 * rng.normal(size=stat.shape)
-        return stat * rng.uniform(0.6, 1.6, stat.shape)
-
-    stats = jax.tree_util.tree_map_with_path(perturb, updated["batch_stats"])
-    return {"params": variables["params"], "batch_stats": jax.tree.map(jnp.float32, stats)}
+    """`trained_like` variables of `model` from a probe of 4 random images of its input size."""
+    probe = np.random.default_rng(seed).uniform(-0.5, 0.5, (4, input_size, input_size, 3)).astype(np.float32)
+    return trained_like(model, probe, seed)
 
 
 def _images(count: int, seed: int = 1) -> list[np.ndarray]:

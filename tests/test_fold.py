@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
+from trained_like import trained_like
 
 from dsnt_jax.models import create_model
 from dsnt_jax.models.fold import bn_affine, fold_batchnorm, fold_conv
@@ -33,34 +34,6 @@ def _at(tree, path):
     return tree
 
 
-def _trained_like(model, images, seed=0):
-    """Random variables with non-trivial BN affines and running statistics.
-
-    The statistics are the batch statistics of `images` (the model must have bn_momentum=0), then
-    perturbed, so that activations keep a sane scale through the net while mean ≠ 0 and var ≠ 1.
-    Drawn with numpy: jitting or running flax's initialisers costs more than the tests themselves.
-    """
-    rng = np.random.default_rng(seed)
-    draws = {
-        "kernel": lambda s: rng.normal(0.0, np.sqrt(2.0 / np.prod(s[:-1])), s),
-        "scale": lambda s: rng.uniform(0.5, 1.5, s),
-        "bias": lambda s: rng.normal(0.0, 0.3, s),
-        "mean": np.zeros,
-        "var": np.ones,
-    }
-    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
-    variables = jax.tree_util.tree_map_with_path(
-        lambda path, s: jnp.asarray(draws[path[-1].key](s.shape), s.dtype), shapes)
-    _, upd = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(
-        variables, images)
-    stats = jax.tree.map(np.asarray, upd["batch_stats"])
-    for path in _paths(stats):
-        st = _at(stats, path)
-        st["mean"] = st["mean"] + 0.2 * np.sqrt(st["var"]) * rng.normal(size=st["mean"].shape)
-        st["var"] = st["var"] * rng.uniform(0.6, 1.6, st["var"].shape)
-    return {"params": variables["params"], "batch_stats": jax.tree.map(jnp.float32, stats)}
-
-
 def _assert_outputs_close(ref, out, atol):
     assert set(out) == set(ref)
     for k in ref:
@@ -75,7 +48,7 @@ def _assert_outputs_close(ref, out, atol):
 
 
 def _check_equal(model, images, atol=1e-5):
-    variables = _trained_like(model, images)
+    variables = trained_like(model, images)
     folded = fold_batchnorm(model, variables)
     ref = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
     out = jax.jit(folded.apply)(folded.variables, images)
@@ -158,7 +131,7 @@ def _count(jaxpr, names, ndim=None):
 def test_folding_removes_batch_stats_and_normalisation_ops():
     model = create_model("resnet18", res=28, num_joints=3, bn_momentum=0.0, **TINY_RESNET)
     images = _images(48)
-    variables = _trained_like(model, images)
+    variables = trained_like(model, images)
     folded = fold_batchnorm(model, variables)
     assert "batch_stats" not in folded.variables
     for conv, bn in folded.folded:
