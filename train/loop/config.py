@@ -42,6 +42,7 @@ NONFINITE_POLICIES: tuple[str, ...] = ("stop", "skip")
 MODEL_FLAGS: dict[str, str] = {"backbone": "backbone", "res": "res", "output": "output",
                                "activation": "activation", "input_size": "input_size",
                                "model_overrides": "overrides"}
+_FLAG_OF_FIELD: dict[str, str] = {field: flag for flag, field in MODEL_FLAGS.items()}
 
 # Settings that must not change when a run resumes from its checkpoints: they define the network's
 # parameters or the exact stream of training batches (the data-iterator state depends on them).
@@ -289,7 +290,6 @@ def resolve(flags: Mapping[str, Any]) -> Config:
 
 def _resolve_model(values: dict[str, Any]) -> ModelConfig:
     """The network from its flags, with the paper's defaults for the backbone; errors name the flag."""
-    flag_of = {field: flag for flag, field in MODEL_FLAGS.items()}
     backbone = values.setdefault("backbone", ModelConfig.backbone)
     if backbone in BACKBONES:  # otherwise ModelConfig names the problem
         values.setdefault("res", ModelConfig.res if backbone in RESNET_SPECS else None)
@@ -299,7 +299,7 @@ def _resolve_model(values: dict[str, Any]) -> ModelConfig:
             values["overrides"] = parse_overrides(values["overrides"])
         return ModelConfig(**values)
     except ModelConfigError as err:
-        raise ValueError(f"--{flag_of[err.field].replace('_', '-')} {err.problem}") from None
+        raise ValueError(f"--{_FLAG_OF_FIELD.get(err.field, err.field).replace('_', '-')} {err.problem}") from None
 
 
 def validate(cfg: Config) -> None:
@@ -355,10 +355,8 @@ def config_differences(a: Config, b: Config, keys: Sequence[str]) -> list[str]:
     diffs = [f"{k}: {getattr(a, k)!r} → {getattr(b, k)!r}" for k in keys
              if k != "model" and getattr(a, k) != getattr(b, k) and not (k == "num_workers" and b.num_workers is None)]
     if "model" in keys:
-        diffs += [f"{flag}: {getattr(a.model, field)!r} → {getattr(b.model, field)!r}"
-                  for flag, field in MODEL_FLAGS.items() if getattr(a.model, field) != getattr(b.model, field)]
-        if a.model.num_joints != b.model.num_joints:
-            diffs.append(f"num_joints: {a.model.num_joints} → {b.model.num_joints}")
+        diffs += [f"{_FLAG_OF_FIELD.get(f.name, f.name)}: {getattr(a.model, f.name)!r} → {getattr(b.model, f.name)!r}"
+                  for f in dataclasses.fields(ModelConfig) if getattr(a.model, f.name) != getattr(b.model, f.name)]
     return diffs
 
 
