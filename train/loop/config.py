@@ -32,7 +32,6 @@ from dsnt_jax.models import (
     ModelConfig,
     ModelConfigError,
     input_size_for,
-    parse_overrides,
 )
 
 DATASETS: tuple[str, ...] = ("mpii", "synthetic")
@@ -295,9 +294,7 @@ def _resolve_model(values: dict[str, Any]) -> ModelConfig:
         values.setdefault("res", ModelConfig.res if backbone in RESNET_SPECS else None)
         values.setdefault("input_size", input_size_for(backbone))
     try:
-        if isinstance(values.get("overrides"), str):  # the command line's JSON, parsed here once
-            values["overrides"] = parse_overrides(values["overrides"])
-        return ModelConfig(**values)
+        return ModelConfig.from_dict(values)  # parses the command line's JSON overrides
     except ModelConfigError as err:
         raise ValueError(f"--{_FLAG_OF_FIELD.get(err.field, err.field).replace('_', '-')} {err.problem}") from None
 
