@@ -162,9 +162,7 @@ def plot_bars(rows: Sequence[Mapping[str, Any]], path: str, *, title: str, xlabe
     ax.grid(True, axis="y", alpha=0.3)
     if len(xs) > 1:
         ax.legend()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _save_figure(fig, path)
 
 
 def grouped(rows: Sequence[Mapping[str, Any]], value: str = "total") -> dict[tuple[str, Any], list[float]]:
