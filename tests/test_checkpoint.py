@@ -182,6 +182,22 @@ def test_an_unwritable_directory_is_one_clear_error(tmp_path: Path) -> None:
         Checkpointer(tmp_path / "missing", read_only=True)
 
 
+def test_a_save_that_cannot_fit_is_refused_before_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Less free space than the newest checkpoint takes: one CheckpointError, nothing written or deleted.
+    directory = tmp_path / "ckpt"
+    ckpt = Checkpointer(directory, keep=1, async_save=False)
+    it = _iterator()
+    ckpt.save(1, TEMPLATE, {"best_pckh": None, "best_step": None}, it)
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=4096))
+    with pytest.raises(CheckpointError, match=r"could not write checkpoint 2 .*No space left on device: it needs "
+                                              r"about \d+ KiB, the size of checkpoint 1, and 4 KiB is free"):
+        ckpt.save(2, TEMPLATE, {"best_pckh": None, "best_step": None}, it)
+    monkeypatch.setattr(shutil, "disk_usage", real)
+    ckpt.close()
+    assert _steps(directory) == [1] and not [p for p in directory.iterdir() if "tmp" in p.name]
+
+
 def test_metrics_of_steps_after_the_resumed_checkpoint_are_dropped(tmp_path: Path) -> None:
     from train.loop.metrics import MetricsWriter
     from train.loop.workdir import METRICS_FILE
@@ -192,3 +208,18 @@ def test_metrics_of_steps_after_the_resumed_checkpoint_are_dropped(tmp_path: Pat
     MetricsWriter(str(tmp_path), resume_step=20).close()
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [10, 20]
     assert not [p for p in os.listdir(tmp_path) if p.startswith(f".{METRICS_FILE}")]  # no temporary left
+
+
+def test_a_full_disk_under_the_metrics_log_is_one_workdir_error(tmp_path: Path) -> None:
+    # It was an OSError traceback and exit status 1 when the disk filled up at a log line rather than at a save.
+    from train.loop.metrics import MetricsWriter
+    from train.loop.workdir import WorkdirError
+
+    writer = MetricsWriter(str(tmp_path))
+    writer.write("train", 1, 0, {"loss": 1.0})
+    writer._jsonl.close()
+    writer._jsonl = open("/dev/full", "w", encoding="utf-8")  # every write fails with ENOSPC
+    with pytest.raises(WorkdirError, match=r"could not write the metrics log .*No space left on device.*rerun"):
+        writer.write("train", 2, 0, {"loss": 0.5})
+    writer._jsonl = open(os.devnull, "w", encoding="utf-8")
+    writer.close()

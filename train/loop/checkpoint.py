@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -126,7 +127,27 @@ class Checkpointer:
             self._best_on_disk, self._best_pending = self._best_pending, meta.get("best_step")
             self._prune()
             self._saving = step
+            self._check_free_space(step)
             self._manager.save(step, args=args, force=True)
+
+    def _check_free_space(self, step: int) -> None:
+        """Refuses a save that cannot fit: free space below the size of the newest checkpoint on disk.
+
+        A write that fails part-way costs nothing on disk, but orbax then closes its event loop under the
+        writes still in flight, whose threads print tracebacks past Python's hooks; refusing first gives the
+        one-line error alone. Single-process runs only: hosts could see different free space, and one
+        refusing while the others enter orbax's save would leave those waiting at its barrier.
+        """
+        latest = self.latest_step()
+        if latest is None or jax.process_count() > 1:
+            return
+        needed = _directory_bytes(os.path.join(self.directory, str(latest)))
+        free = shutil.disk_usage(self.directory).free
+        if free < needed:
+            raise CheckpointError(
+                f"could not write checkpoint {step} to {self.directory} (No space left on device: it needs "
+                f"about {_size(needed)}, the size of checkpoint {latest}, and {_size(free)} is free); the complete "
+                f"checkpoints there are untouched: free space, then rerun the same command to resume")
 
     def _prune(self) -> None:
         steps = self.all_steps()
@@ -316,3 +337,13 @@ class Checkpointer:
                     self._prune()
         finally:
             self._manager.close()
+
+
+def _directory_bytes(path: str) -> int:
+    """Bytes the files under `path` occupy on disk, in whole blocks (0 if it is gone)."""
+    return sum(os.stat(os.path.join(root, name)).st_blocks * 512
+               for root, _, names in os.walk(path) for name in names)
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"

@@ -18,7 +18,7 @@ from typing import Any
 
 import tqdm
 
-from train.loop.workdir import RunDir, write_atomic
+from train.loop.workdir import RunDir, WorkdirError, one_line, write_atomic
 
 
 def _clean(value: Any) -> Any:
@@ -54,12 +54,17 @@ class MetricsWriter:
             return
         record = {"step": int(step), "epoch": int(epoch), "split": split, "time": round(time.time(), 3)}
         record.update({k: _clean(v) for k, v in values.items()})
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
-        for key, value in values.items():
-            if _clean(value) is not None:
-                self._tb.add_scalar(f"{split}/{key}", float(value), int(step))
-        self._tb.flush()
+        try:
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
+            for key, value in values.items():
+                if _clean(value) is not None:
+                    self._tb.add_scalar(f"{split}/{key}", float(value), int(step))
+            self._tb.flush()
+        except OSError as err:  # a full disk may hit the logs before the next checkpoint
+            raise WorkdirError(f"could not write the metrics log {self._jsonl.name} ({one_line(err)}); the "
+                               f"checkpoints are untouched: free space or fix permissions, then rerun the same "
+                               f"command to resume") from None
 
     def close(self) -> None:
         if self._enabled:
