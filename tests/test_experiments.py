@@ -182,7 +182,7 @@ def _fake_grid(exp: E.Experiment, skip: set[str]) -> dict[str, float]:
 def test_collect_writes_csv_plot_and_table(tmp_path: Path) -> None:
     exp = E.build_experiment("fig7", root=str(tmp_path))
     totals = _fake_grid(exp, skip={"fc-56"})
-    rows, csv_path, png_path = R.collect(exp, str(tmp_path))
+    rows, csv_path, (png_path, progress_path) = R.collect(exp, str(tmp_path))
     with open(csv_path, newline="") as f:
         table = list(csv.DictReader(f))
     assert [r["run"] for r in table] == [r.name for r in exp.runs]
@@ -191,25 +191,27 @@ def test_collect_writes_csv_plot_and_table(tmp_path: Path) -> None:
         ("HM", str(E.CPU_HM_AMPLITUDE)), ("FC", "")}
     for r in table:
         if r["run"] == "fc-56":
-            assert (r["total"], r["done"], r["series"], r["x"]) == ("", "False", "FC", "24")
+            assert (r["total"], r["done"], r["series"], r["x"]) == ("", "False", "FC", "32")
             continue
         assert float(r["total"]) == pytest.approx(totals[r["run"]])  # the last record, not the best
         assert float(r["best_total"]) == pytest.approx(totals[r["run"]] + 5)
         assert float(r["pckh@0.1"]) == pytest.approx(totals[r["run"]] / 4) and r["done"] == "True"
     image = np.asarray(Image.open(png_path))
     assert png_path.endswith("fig7.png") and image.ndim == 3 and image.shape[0] > 100
+    # Every run was validated twice (steps 10 and 20): the progress plot is written too.
+    assert progress_path.endswith("fig7-progress.png") and Image.open(progress_path).size[0] > 100
     text = R.format_tables(exp, rows)
     header = next(line for line in text.splitlines() if line.startswith("| series"))
-    assert header.split("|")[2:6] == [" 3 ", " 6 ", " 12 ", " 24 "]
+    assert header.split("|")[2:6] == [" 4 ", " 8 ", " 16 ", " 32 "]
     fc_line = next(line for line in text.splitlines() if line.startswith("| FC |"))
     assert fc_line.rstrip(" |").endswith("-")  # the missing run
-    assert f"| dsnt-7 | 3 | 1 | {totals['dsnt-7']:.1f} |" in text
+    assert f"| dsnt-7 | 4 | 1 | {totals['dsnt-7']:.1f} |" in text
 
 
 def test_bar_plot_and_pivot_for_tables(tmp_path: Path) -> None:
     exp = E.build_experiment("table3", root=str(tmp_path))
     _fake_grid(exp, skip=set())
-    rows, _, png_path = R.collect(exp, str(tmp_path))
+    rows, _, (png_path, _) = R.collect(exp, str(tmp_path))
     series, xs, values = R.pivot(rows)
     assert series == ["None", "Variance (λ=100)", "KL (λ=1)", "JS (λ=1)"]
     assert xs == ["N/A", "σ_t=1", "σ_t=2"]
@@ -218,8 +220,8 @@ def test_bar_plot_and_pivot_for_tables(tmp_path: Path) -> None:
     assert Image.open(png_path).size[0] > 100
     # No results at all: CSV with blanks, no plot.
     empty = E.build_experiment("table2", root=str(tmp_path / "empty"))
-    rows, csv_path, png_path = R.collect(empty, str(tmp_path / "empty"))
-    assert png_path is None and all(r["total"] is None for r in rows) and os.path.isfile(csv_path)
+    rows, csv_path, pngs = R.collect(empty, str(tmp_path / "empty"))
+    assert pngs == [] and all(r["total"] is None for r in rows) and os.path.isfile(csv_path)
 
 
 def test_several_seeds_run_apart_and_report_mean_and_spread(tmp_path: Path) -> None:
@@ -233,13 +235,14 @@ def test_several_seeds_run_apart_and_report_mean_and_spread(tmp_path: Path) -> N
     for run in exp.runs:
         total = 40.0 if run.name == "dsnt-56" else 44.0 if run.name == "dsnt-56-s1" else 10.0
         _write_metrics(run.config.workdir, [(20, run.config.epochs, total)])
-    rows, csv_path, _ = R.collect(exp, str(tmp_path))
+    rows, csv_path, pngs = R.collect(exp, str(tmp_path))
+    assert [os.path.basename(p) for p in pngs] == ["fig7.png"]  # validated once each: no progress plot
     with open(csv_path, newline="") as f:
         table = list(csv.DictReader(f))
     assert [(r["run"], r["seed"]) for r in table][15:17] == [("dsntr-56", "0"), ("hm-7-s1", "1")]
     dsnt_line = next(line for line in R.format_tables(exp, rows).splitlines() if line.startswith("| DSNT |"))
     assert dsnt_line.rstrip(" |").endswith("42.0 ± 2.0 (2)")
-    assert R.pivot(rows)[2][("DSNT", 24)] == pytest.approx(42.0)
+    assert R.pivot(rows)[2][("DSNT", 32)] == pytest.approx(42.0)
     # Without --seeds the grid is the single-seed one of before (plain names, the default seed).
     assert [r.name for r in E.build_experiment("fig7", root=str(tmp_path)).runs] == [r.name for r in exp.runs[:16]]
 
@@ -307,17 +310,20 @@ def test_tiny_real_grid_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     data_dir = str(tmp_path / "tfds")
     data.synthetic_pose.build(data_dir, num_train=16, num_val=8, canvas_size=48, num_workers=1)
     overrides = {"data_dir": data_dir, "synthetic_train": 16, "synthetic_val": 8, "synthetic_canvas": 48,
-                 "input_size": 32, "batch_size": 8, "model_overrides": json.dumps(TINY), "log_every": 1}
+                 "input_size": 32, "batch_size": 8, "model_overrides": json.dumps(TINY), "log_every": 1,
+                 "eval_every": 1}
     root = str(tmp_path / "runs")
     exp = E.build_experiment("fig7", root=root, epochs=2, overrides=overrides)
     runs = E.select_runs(exp, "hm-28,dsntr-28")
     times = E.run_grid(runs, train)
     assert set(times) == {"hm-28", "dsntr-28"} and all(t > 0 for t in times.values())
-    rows, _, png_path = R.collect(exp, root)
+    rows, _, pngs = R.collect(exp, root)
     done = [r for r in rows if r["done"]]
     assert [r["run"] for r in done] == ["hm-28", "dsntr-28"]
     for r in done:
         assert r["epoch"] == 2 and r["heatmap"] == 4 and 0.0 <= r["total"] <= 100.0
-    assert png_path is not None and os.path.isfile(png_path)
+    # Validated after each of the 2 epochs: the grid's plot and the progress plot.
+    assert [os.path.basename(p) for p in pngs] == ["fig7.png", "fig7-progress.png"]
+    assert all(os.path.isfile(p) for p in pngs)
     assert E.run_grid(runs, lambda cfg: pytest.fail("a finished run was trained again")) == {
         "hm-28": None, "dsntr-28": None}

@@ -209,6 +209,22 @@ def test_plot_curves_from_records_and_errors(tmp_path):
         plots.plot_curves(tmp_path / "absent.csv", "a", "b", tmp_path / "f.png")
 
 
+def test_plot_curves_draws_error_bars_where_a_spread_is_given(tmp_path):
+    records = [{"x": x, "y": 50.0 + x, "y ±": 8.0 if x == 2 else None} for x in (1, 2, 4)]
+    plain = _read_png(plots.plot_curves(records, "x", "y", tmp_path / "plain.png"))
+    bars = _read_png(plots.plot_curves(records, "x", "y", tmp_path / "bars.png", errors=["y ±"]))
+    assert plain.shape == bars.shape and np.any(plain != bars)
+    # The bar is a vertical run of the line's colour: some pixel column holds far more of it than any column
+    # of the plain line does.
+    def tallest_column(img):
+        return int((img[..., 2].astype(int) - img[..., 0] > 80).sum(axis=0).max())
+    assert tallest_column(bars) > 3 * tallest_column(plain)
+    with pytest.raises(ValueError, match="1 y columns but 2 error columns"):
+        plots.plot_curves(records, "x", "y", tmp_path / "e.png", errors=["y ±", None])
+    with pytest.raises(ValueError, match="not in the data"):
+        plots.plot_curves(records, "x", "y", tmp_path / "e.png", errors=["spread"])
+
+
 def test_plot_pckh_curve(tmp_path):
     t = np.linspace(0, 0.5, 51)
     out = plots.plot_pckh_curve(t, {"a": 100 * t / 0.5, "b": 100 * np.sqrt(t / 0.5)}, tmp_path / "pck.png")

@@ -82,10 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
-    rows, csv_path, png_path = collect(experiment, root)
+    rows, csv_path, png_paths = collect(experiment, root)
     trained = {k: v for k, v in times.items() if v is not None}
     print("\n" + format_tables(experiment, rows))
-    print(f"\nwrote {csv_path}" + (f" and {png_path}" if png_path else ""))
+    print(f"\nwrote {', '.join([csv_path, *png_paths])}")
     print(f"trained {len(trained)} run(s) in {time.perf_counter() - start:.0f} s wall time "
           f"({', '.join(f'{k} {v:.0f} s' for k, v in trained.items()) or 'all done already'})")
     return 0

@@ -51,7 +51,8 @@ def _save_figure(fig: Figure, path: str | os.PathLike) -> str:
 
 def plot_curves(data: str | os.PathLike | Sequence[Mapping[str, Any]], x: str, ys: str | Sequence[str],
                 path: str | os.PathLike, *, title: str = "", xlabel: str | None = None,
-                ylabel: str = "", log_x: bool = False, labels: Sequence[str] | None = None) -> str:
+                ylabel: str = "", log_x: bool = False, labels: Sequence[str] | None = None,
+                errors: Sequence[str | None] | None = None) -> str:
     """Line plot of one or more columns against another (e.g. PCKh vs heatmap resolution, per method).
 
     Each column in `ys` is one line with markers, over the rows sorted by `x`; rows where that column
@@ -66,6 +67,7 @@ def plot_curves(data: str | os.PathLike | Sequence[Mapping[str, Any]], x: str, y
       title, xlabel (default: `x`), ylabel: text.
       log_x: logarithmic x axis.
       labels: legend entries, one per y column (default: the column names).
+      errors: per y column, the column of its ± error bar (e.g. half the range over seeds), or None for none.
 
     Returns:
       The path written.
@@ -79,17 +81,25 @@ def plot_curves(data: str | os.PathLike | Sequence[Mapping[str, Any]], x: str, y
     labels = ys if labels is None else list(labels)
     if len(labels) != len(ys):
         raise ValueError(f"{len(ys)} y columns but {len(labels)} labels")
-    missing = [c for c in [x, *ys] if c not in records[0]]
+    error_columns = [None] * len(ys) if errors is None else list(errors)
+    if len(error_columns) != len(ys):
+        raise ValueError(f"{len(ys)} y columns but {len(error_columns)} error columns")
+    missing = [c for c in [x, *ys, *filter(None, error_columns)] if c not in records[0]]
     if missing:
         raise ValueError(f"columns {missing} not in the data; it has {sorted(records[0])}")
     xs = np.array([_number(r[x]) for r in records])
     order = np.argsort(xs, kind="stable")
     fig = Figure(figsize=(5.5, 4.0), dpi=110, layout="constrained")
     ax = fig.add_subplot()
-    for column, label in zip(ys, labels):
+    for column, label, error in zip(ys, labels, error_columns):
         values = np.array([_number(r[column]) for r in records])[order]
         keep = np.isfinite(values) & np.isfinite(xs[order])
-        ax.plot(xs[order][keep], values[keep], marker="o", markersize=4, label=label)
+        line = ax.plot(xs[order][keep], values[keep], marker="o", markersize=4, label=label)[0]
+        if error is not None:
+            spread = np.array([_number(r[error]) for r in records])[order][keep]
+            has = np.isfinite(spread) & (spread > 0)
+            ax.errorbar(xs[order][keep][has], values[keep][has], yerr=spread[has], fmt="none",
+                        ecolor=line.get_color(), capsize=3, linewidth=1)
     if log_x:
         if np.any(xs[np.isfinite(xs)] <= 0):
             raise ValueError("log_x needs positive x values")

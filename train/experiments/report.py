@@ -3,7 +3,10 @@
 Each run of a grid (`train.experiments.Run`) is summarised from the 'val' records of its workdir's
 metrics.jsonl: the last validation (the run's result) and the best one. `collect` writes ROOT/NAME/results.csv
 (`CSV_COLUMNS`) and ROOT/NAME/NAME.png, a line plot of validation PCKh against x (one line per series, as the
-paper's figures) or grouped bars (the paper's tables); `format_tables` gives the same numbers as Markdown.
+paper's figures; with several seeds the mean, and bars of half their range) or grouped bars (the paper's
+tables); `format_tables` gives the same numbers as Markdown.
+Runs validated more than once (`--eval-every`) also get ROOT/NAME/NAME-progress.png: validation PCKh against
+training updates, one line per run, which shows whether a comparison depends on the training budget.
 """
 
 from __future__ import annotations
@@ -89,14 +92,37 @@ def plot_experiment(experiment: Experiment, rows: Sequence[Mapping[str, Any]], p
     if experiment.kind == "bar":
         return plot_bars(rows, path, title=experiment.title, xlabel=experiment.xlabel)
     series, xs, values = pivot(rows)
-    wide = [{"x": x, **{s: values.get((s, x)) for s in series}} for x in xs]
+    seeds = grouped(rows)
+    # Error bars: half the range over the seeds, the ± of the tables.
+    spread = {k: (max(v) - min(v)) / 2 if len(v) > 1 else None for k, v in seeds.items()}
+    wide = [{"x": x, **{s: values.get((s, x)) for s in series}, **{f"{s} ±": spread.get((s, x)) for s in series}}
+            for x in xs]
     return plot_curves(wide, "x", series, path, title=experiment.title, xlabel=experiment.xlabel,
-                       ylabel="validation PCKh total (%)", log_x=True)
+                       ylabel="validation PCKh total (%)", log_x=True, errors=[f"{s} ±" for s in series])
 
 
-def collect(experiment: Experiment, root: str) -> tuple[list[dict[str, Any]], str, str | None]:
-    """Summarises every run of the grid; writes root/NAME/results.csv and NAME.png; returns (rows, csv, png)."""
+def plot_progress(experiment: Experiment, path: str) -> str | None:
+    """Validation PCKh total against training updates, one line per run validated at least twice; None if none."""
+    curves = {}
+    for run in experiment.runs:
+        by_step = {r["step"]: r.get("total") for r in read_val_records(run.config.workdir) if "step" in r}
+        if len(by_step) >= 2:  # later lines of a resumed run win, as in summarize_run
+            curves[run.name] = by_step
+    if not curves:
+        return None
+    steps = sorted({s for by_step in curves.values() for s in by_step})
+    wide = [{"step": s, **{name: by_step.get(s) for name, by_step in curves.items()}} for s in steps]
+    title = experiment.title.split("\n")[0] + ": during training"
+    return plot_curves(wide, "step", list(curves), path, title=title, xlabel="training updates",
+                       ylabel="validation PCKh total (%)")
+
+
+def collect(experiment: Experiment, root: str) -> tuple[list[dict[str, Any]], str, list[str]]:
+    """Summarises every run of the grid; writes root/NAME/results.csv, NAME.png and, when runs were validated
+    more than once, NAME-progress.png. Returns (rows, csv path, PNG paths written)."""
     rows = [summarize_run(experiment.name, run) for run in experiment.runs]
     out_dir = os.path.join(root, experiment.name)
     csv_path = write_csv(rows, os.path.join(out_dir, "results.csv"))
-    return rows, csv_path, plot_experiment(experiment, rows, os.path.join(out_dir, f"{experiment.name}.png"))
+    pngs = [plot_experiment(experiment, rows, os.path.join(out_dir, f"{experiment.name}.png")),
+            plot_progress(experiment, os.path.join(out_dir, f"{experiment.name}-progress.png"))]
+    return rows, csv_path, [p for p in pngs if p]
