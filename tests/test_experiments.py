@@ -327,3 +327,27 @@ def test_tiny_real_grid_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     assert all(os.path.isfile(p) for p in pngs)
     assert E.run_grid(runs, lambda cfg: pytest.fail("a finished run was trained again")) == {
         "hm-28": None, "dsntr-28": None}
+
+
+def test_decoding_ceilings_of_hm_quantisation_and_dsnt_reach() -> None:
+    from train.experiments.ceilings import decoding_ceilings, main
+
+    n = 4
+    centres = (np.arange(n) + 0.5) * 2 / n - 1  # normalised cell centres of a 4 × 4 map
+    rng = np.random.default_rng(0)
+    on_grid = rng.choice(centres, size=(8, 16, 2))
+    annotated = np.ones((8, 16), bool)
+    heads = np.full(8, 0.1)  # PCKh@0.5: within 0.05 of the truth
+    # Joints at cell centres: HM's decoding of the exact target is exact on that map.
+    assert decoding_ceilings(on_grid, annotated, heads, [n])[n][0] == pytest.approx(100.0)
+    # Halfway between centres, a 4 × 4 map is off by a quarter cell (0.125 > 0.05); a 64 × 64 one is not.
+    between = np.clip(on_grid + 1 / n, -0.9, 0.9)
+    ceilings = decoding_ceilings(between, annotated, heads, [n, 64])
+    assert ceilings[n][0] < 50.0 and ceilings[64][0] == pytest.approx(100.0)
+    # Beyond ±3/4, DSNT on a 4 × 4 map cannot get within 0.05; on 64 × 64 (reach ±63/64) it can.
+    edge = np.full((8, 16, 2), 0.95)
+    assert decoding_ceilings(edge, annotated, heads, [n, 64]) == {n: (pytest.approx(0.0), pytest.approx(0.0)),
+                                                                 64: (pytest.approx(100.0), pytest.approx(100.0))}
+    with pytest.raises(ValueError, match="at least 2"):
+        decoding_ceilings(edge, annotated, heads, [1])
+    assert main(["--dataset", "mpii", "--data-dir", "/nonexistent-data-dir"]) == 2

@@ -2,5 +2,7 @@
 
 * `grid`: each experiment's runs, as training configurations, and training them (skipping finished ones);
 * `report`: results.csv, the figure's plot and the table from the runs' metrics;
-* `cli`: the command line.
+* `cli`: the command line;
+* `ceilings`: `python -m train.experiments.ceilings`, the PCKh that HM's and DSNT's decoding alone allow per map
+  side on a dataset (the low-resolution end of Fig. 7).
 """

@@ -58,7 +58,7 @@ CPU_FIG7_INPUT = 128
 CPU_BASE: dict[str, Any] = {
     **config_lib.CPU_SIZED, "batch_size": 16, "keep_checkpoints": 1,
     "model_overrides": {"widths": (16, 32, 64, 128), "stem_width": 16}}
-# Peak of the HM target in the CPU grids (the paper: 1). At peak 1 the 24-px HM run of fig7 ends its epoch
+# Peak of the HM target in the CPU grids (the paper: 1). At peak 1 the 24-px HM run of fig7 at 96 px ends its epoch
 # at the all-zero heatmap (training MSE ≈ that of zeros, PCKh below the mean pose): the raw 1×1 head's
 # initial outputs and RMSProp's per-step moves are fixed in absolute units, and the Gaussian's part of the
 # loss, πσ²/(H·W) = 0.0055, is 1 % of the initial loss (0.52) there. Measured on the fig7 hm-56 run (1 epoch,

@@ -6,7 +6,7 @@ metrics.jsonl: the last validation (the run's result) and the best one. `collect
 paper's figures; with several seeds the mean, and bars of half their range) or grouped bars (the paper's
 tables); `format_tables` gives the same numbers as Markdown.
 Runs validated more than once (`--eval-every`) also get ROOT/NAME/NAME-progress.png: validation PCKh against
-training updates, one line per run, which shows whether a comparison depends on the training budget.
+training updates, one line per run (its seeds' mean), which shows whether a comparison depends on the budget.
 """
 
 from __future__ import annotations
@@ -102,19 +102,33 @@ def plot_experiment(experiment: Experiment, rows: Sequence[Mapping[str, Any]], p
 
 
 def plot_progress(experiment: Experiment, path: str) -> str | None:
-    """Validation PCKh total against training updates, one line per run validated at least twice; None if none."""
-    curves = {}
+    """Validation PCKh total against training updates, one line per run validated at least twice (the mean of
+    its seeds, with bars of half their range); None if there is no such run."""
+    curves: dict[str, dict[int, list[float]]] = {}
+    seeds: dict[str, int] = {}
     for run in experiment.runs:
         by_step = {r["step"]: r.get("total") for r in read_val_records(run.config.workdir) if "step" in r}
-        if len(by_step) >= 2:  # later lines of a resumed run win, as in summarize_run
-            curves[run.name] = by_step
+        if len(by_step) < 2:  # later lines of a resumed run win, as in summarize_run
+            continue
+        seeds[run.group] = seeds.get(run.group, 0) + 1
+        for step, total in by_step.items():
+            if total is not None:
+                curves.setdefault(run.group, {}).setdefault(step, []).append(total)
     if not curves:
         return None
     steps = sorted({s for by_step in curves.values() for s in by_step})
-    wide = [{"step": s, **{name: by_step.get(s) for name, by_step in curves.items()}} for s in steps]
+    wide = []
+    for step in steps:
+        row: dict[str, Any] = {"step": step}
+        for group, by_step in curves.items():
+            values = by_step.get(step, [])
+            row[group] = sum(values) / len(values) if values else None
+            row[f"{group} ±"] = (max(values) - min(values)) / 2 if len(values) > 1 else None
+        wide.append(row)
+    labels = [f"{g} ({seeds[g]} seeds)" if seeds[g] > 1 else g for g in curves]
     title = experiment.title.split("\n")[0] + ": during training"
     return plot_curves(wide, "step", list(curves), path, title=title, xlabel="training updates",
-                       ylabel="validation PCKh total (%)")
+                       ylabel="validation PCKh total (%)", labels=labels, errors=[f"{g} ±" for g in curves])
 
 
 def collect(experiment: Experiment, root: str) -> tuple[list[dict[str, Any]], str, list[str]]:

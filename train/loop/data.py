@@ -114,11 +114,17 @@ def _val_targets(source: Any) -> dict[str, np.ndarray]:
     return {"joints": joints, "annotated": annotated, "head_size": head_size}
 
 
-def _train_coords(source: Any, canvas_size: int, limit: int = 2000) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised crop coordinates (no augmentation) of the first `limit` training people."""
+def crop_joints(source: Any, canvas_size: int, limit: int | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The people of `source` in their crops' normalised frame (no augmentation), the frame of the targets.
+
+    Returns:
+      (coords float64 [M, 16, 2] in [-1, 1] across the crop, mask bool [M, 16] of the annotated joints inside
+      the crop, head sizes float64 [M] in the same units) of the first `limit` records (all if None).
+    """
     to_canvas = normalized_to_canvas(canvas_size, IDENTITY)
-    coords, masks = [], []
-    for i in range(min(limit, len(source))):
+    coords, masks, heads = [], [], []
+    for i in range(len(source) if limit is None else min(limit, len(source))):
         record = source[i]
         a = np.asarray(record["canvas_to_image"], np.float64)
         # normalised → image: A ∘ to_canvas; invert it to map the image-frame joints back.
@@ -127,7 +133,14 @@ def _train_coords(source: Any, canvas_size: int, limit: int = 2000) -> tuple[np.
         u = (np.asarray(record["joints"], np.float64) - offset) @ np.linalg.inv(linear).T
         coords.append(u)
         masks.append(np.asarray(record["annotated"], bool) & np.all(np.abs(u) < 1.0, axis=-1))
-    return np.stack(coords), np.stack(masks)
+        heads.append(float(record["head_size"]) / np.sqrt(abs(np.linalg.det(linear))))
+    return np.stack(coords), np.stack(masks), np.asarray(heads)
+
+
+def _train_coords(source: Any, canvas_size: int, limit: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised crop coordinates and their mask of the first `limit` training people."""
+    coords, mask, _ = crop_joints(source, canvas_size, limit)
+    return coords, mask
 
 
 def open_datasets(cfg: Config, log: Callable[[str], None] = print) -> Datasets:
