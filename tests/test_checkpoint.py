@@ -198,6 +198,23 @@ def test_a_save_that_cannot_fit_is_refused_before_writing(tmp_path: Path, monkey
     assert _steps(directory) == [1] and not [p for p in directory.iterdir() if "tmp" in p.name]
 
 
+def test_a_refused_save_naming_a_new_best_does_not_cost_the_old_best(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The trainer closes the Checkpointer after a failed save; its pruning must still keep the best on disk.
+    directory = tmp_path / "ckpt"
+    ckpt = Checkpointer(directory, keep=1, async_save=False)
+    it = _iterator()
+    for step in (1, 2):
+        ckpt.save(step, TEMPLATE, {"best_pckh": 50.0, "best_step": 1}, it)
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=4096))
+    with pytest.raises(CheckpointError, match="could not write checkpoint 3"):
+        ckpt.save(3, TEMPLATE, {"best_pckh": 60.0, "best_step": 3}, it)
+    monkeypatch.setattr(shutil, "disk_usage", real)
+    ckpt.close()
+    assert _steps(directory) == [1, 2]
+
+
 def test_metrics_of_steps_after_the_resumed_checkpoint_are_dropped(tmp_path: Path) -> None:
     from train.loop.metrics import MetricsWriter
     from train.loop.workdir import METRICS_FILE

@@ -124,11 +124,17 @@ class Checkpointer:
         with self._write_errors():
             self._manager.wait_until_finished()  # the previous save is complete before anything is pruned
             # Until this save completes, the newest checkpoint on disk names the previous best: keep both.
-            self._best_on_disk, self._best_pending = self._best_pending, meta.get("best_step")
+            on_disk = self._best_pending
+            self._best_on_disk, self._best_pending = on_disk, meta.get("best_step")
             self._prune()
             self._saving = step
-            self._check_free_space(step)
-            self._manager.save(step, args=args, force=True)
+            try:
+                self._check_free_space(step)
+                self._manager.save(step, args=args, force=True)
+            except BaseException:
+                # Refused or failed at once: nothing names the new best, and close() must not prune the old one.
+                self._best_pending = on_disk
+                raise
 
     def _check_free_space(self, step: int) -> None:
         """Refuses a save that cannot fit: free space below the size of the newest checkpoint on disk.
