@@ -60,13 +60,19 @@ def _cell(value: Any) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
 
 
+def _mean_and_spread(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """(mean, half the range) over the seeds' values; None where there is no value, or one for the spread."""
+    if not values:
+        return None, None
+    return sum(values) / len(values), (max(values) - min(values)) / 2 if len(values) > 1 else None
+
+
 def _mean_cell(values: Sequence[float]) -> str:
     """'42.1' for one seed; 'mean ± half the range (n)' for several."""
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return _cell(values[0])
-    return f"{sum(values) / len(values):.1f} ± {(max(values) - min(values)) / 2:.1f} ({len(values)})"
+    mean, spread = _mean_and_spread(values)
+    if spread is None:
+        return _cell(mean)
+    return f"{mean:.1f} ± {spread:.1f} ({len(values)})"
 
 
 def format_tables(experiment: Experiment, rows: Sequence[Mapping[str, Any]]) -> str:
@@ -91,12 +97,11 @@ def plot_experiment(experiment: Experiment, rows: Sequence[Mapping[str, Any]], p
         return None
     if experiment.kind == "bar":
         return plot_bars(rows, path, title=experiment.title, xlabel=experiment.xlabel)
-    series, xs, values = pivot(rows)
-    seeds = grouped(rows)
+    series, xs, _ = pivot(rows)
     # Error bars: half the range over the seeds, the ± of the tables.
-    spread = {k: (max(v) - min(v)) / 2 if len(v) > 1 else None for k, v in seeds.items()}
-    wide = [{"x": x, **{s: values.get((s, x)) for s in series}, **{f"{s} ±": spread.get((s, x)) for s in series}}
-            for x in xs]
+    stats = {k: _mean_and_spread(v) for k, v in grouped(rows).items()}
+    wide = [{"x": x, **{s: stats.get((s, x), (None, None))[0] for s in series},
+             **{f"{s} ±": stats.get((s, x), (None, None))[1] for s in series}} for x in xs]
     return plot_curves(wide, "x", series, path, title=experiment.title, xlabel=experiment.xlabel,
                        ylabel="validation PCKh total (%)", log_x=True, errors=[f"{s} ±" for s in series])
 
@@ -107,8 +112,9 @@ def plot_progress(experiment: Experiment, path: str) -> str | None:
     curves: dict[str, dict[int, list[float]]] = {}
     seeds: dict[str, int] = {}
     for run in experiment.runs:
+        # Later lines of a resumed run win, as in summarize_run.
         by_step = {r["step"]: r.get("total") for r in read_val_records(run.config.workdir) if "step" in r}
-        if len(by_step) < 2:  # later lines of a resumed run win, as in summarize_run
+        if len(by_step) < 2:
             continue
         seeds[run.group] = seeds.get(run.group, 0) + 1
         for step, total in by_step.items():
@@ -121,9 +127,7 @@ def plot_progress(experiment: Experiment, path: str) -> str | None:
     for step in steps:
         row: dict[str, Any] = {"step": step}
         for group, by_step in curves.items():
-            values = by_step.get(step, [])
-            row[group] = sum(values) / len(values) if values else None
-            row[f"{group} ±"] = (max(values) - min(values)) / 2 if len(values) > 1 else None
+            row[group], row[f"{group} ±"] = _mean_and_spread(by_step.get(step, []))
         wide.append(row)
     labels = [f"{g} ({seeds[g]} seeds)" if seeds[g] > 1 else g for g in curves]
     title = experiment.title.split("\n")[0] + ": during training"
