@@ -25,9 +25,14 @@ from typing import Any
 
 import cv2
 import numpy as np
+import pytest
 import scipy.io
 
 MAT_NAME = "mpii_human_pose_v1_u12_1.mat"
+# The real MPII validation files (annotations and published predictions, no images) in ../shared beside the
+# checkout, for tests that check against real data; skipped where a checkout has none.
+MPII_VAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mpii-val"
+needs_mpii_val = pytest.mark.skipif(not MPII_VAL.is_dir(), reason=f"real MPII validation files not found at {MPII_VAL}")
 ZIP_NAME = "mpii_human_pose_v1_u12_2.zip"
 ZIP_MEMBER = "mpii_human_pose_v1_u12_2/" + MAT_NAME
 TAR_NAME = "mpii_human_pose_v1.tar.gz"

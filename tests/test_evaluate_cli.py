@@ -11,15 +11,12 @@ import h5py
 import numpy as np
 import pytest
 import scipy.io
+from mpii_fake import MPII_VAL, needs_mpii_val
 
 from data import pckh
 from train import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
-MPII_VAL = REPO.parent / "shared" / "data" / "mpii-val"
-needs_mpii_val = pytest.mark.skipif(
-    not MPII_VAL.is_dir(), reason=f"real MPII validation files not found at {MPII_VAL}"
-)
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:

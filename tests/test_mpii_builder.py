@@ -21,7 +21,6 @@ from data.mpii import manual, split
 from data.mpii.release import load_release
 
 CANVAS = 96
-VAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mpii-val"
 
 
 def _build(manual_dir: Path, data_dir: Path, validation=mpii_fake.DEFAULT_VALIDATION) -> mpii_builder.MpiiHumanPose:
@@ -178,9 +177,9 @@ def test_shipped_validation_list():
     assert hashlib.sha256(text.encode()).hexdigest() == split.VALIDATION_SHA256
     with pytest.raises(ValueError, match="corrupt"):
         split.parse_validation_text(text.replace("6,0\n", "6,1\n", 1))
-    if (VAL_DIR / "valid.h5").is_file():
+    if (mpii_fake.MPII_VAL / "valid.h5").is_file():
         h5py = pytest.importorskip("h5py")
-        with h5py.File(VAL_DIR / "valid.h5", "r") as f:
+        with h5py.File(mpii_fake.MPII_VAL / "valid.h5", "r") as f:
             assert pairs == tuple(zip(f["index"][()].astype(int).tolist(), f["person"][()].astype(int).tolist()))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import mpii_fake
 import numpy as np
@@ -12,14 +11,12 @@ import scipy.io
 
 from data.mpii import release
 
-VAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mpii-val"
-
 
 @pytest.fixture(scope="module")
 def real():
     """The 2958 real annorects of detections.mat (MATLAB-written), and the derived validation files."""
     h5py = pytest.importorskip("h5py")
-    needed = [VAL_DIR / n for n in ("detections.mat", "detections_our_format.mat", "valid.h5")]
+    needed = [mpii_fake.MPII_VAL / n for n in ("detections.mat", "detections_our_format.mat", "valid.h5")]
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
         pytest.skip(f"real MPII validation files absent: {missing}")

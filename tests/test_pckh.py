@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import h5py
 import numpy as np
 import pytest
 import scipy.io
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mpii_fake import MPII_VAL, needs_mpii_val
 
 from data import eval_files, joints, pckh
-
-# The real validation files live in ../shared beside the checkout.
-MPII_VAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mpii-val"
-needs_mpii_val = pytest.mark.skipif(
-    not MPII_VAL.is_dir(), reason=f"real MPII validation files not found at {MPII_VAL}"
-)
 
 R_ANKLE, PELVIS, THORAX, NECK, HEAD_TOP, R_WRIST = 0, 6, 7, 8, 9, 10
 

@@ -4,5 +4,5 @@
 * `report`: results.csv, the figure's plot and the table from the runs' metrics;
 * `cli`: the command line;
 * `ceilings`: `python -m train.experiments.ceilings`, the PCKh that HM's and DSNT's decoding alone allow per map
-  side on a dataset (the low-resolution end of Fig. 7).
+  side on a dataset or MPII's valid.h5 (the low-resolution end of Fig. 7).
 """

@@ -1,15 +1,21 @@
 """`python -m train.experiments.ceilings`: the PCKh that each output strategy's decoding alone allows, per map side.
 
-Two limits that no training removes, measured on a dataset's own validation people (in their crops, no
-augmentation):
+Measured on a dataset's own validation people, in their crops (no augmentation), for n × n maps:
 
-* HM: the exact target (a σ-px Gaussian of peak 1 at the true joint) decoded as the HM runs decode, argmax plus
-  the quarter-pixel shift (`dsnt_jax.models.heads.hm_decode`): quantisation to the map's grid.
+* HM: its training target decoded as the HM runs decode (`dsnt_jax.models.heads.hm_encode`, then `hm_decode`,
+  argmax plus the quarter-pixel shift). As in the paper's code, that target is a σ-px Gaussian centred on the
+  joint's *rounded* pixel, so it carries no position finer than a cell: a network that learns it perfectly
+  scores exactly this. A real network can land a little above it, because where it is unsure between two cells
+  its map leans towards the truth and the quarter-pixel shift follows.
+* HM, sub-pixel target: the same decoding of a Gaussian centred on the exact joint
+  (`dsnt_jax.ops.make_gauss`), the best that argmax plus a quarter pixel can do on that grid.
 * DSNT: the true joint clipped to ±(n−1)/n of the crop, the farthest a mean of an n × n map's cell centres can
   reach (any softmax map, whatever the network).
 
-The figures explain the low-resolution end of Fig. 7 (README, "The paper's experiments"): below the HM ceiling
-a run is limited by learning, not by its map.
+Besides the synthetic dataset (default) and a prepared MPII, `--valid-h5` takes pose-hg-train's
+`annot/valid.h5` (the paper's 2958 validation people with their boxes; no images needed), so the paper's own
+7 × 7 px case can be checked. The figures explain the low-resolution end of Fig. 7 (README, "The paper's
+experiments").
 """
 
 from __future__ import annotations
@@ -17,22 +23,26 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+import h5py
 import jax.numpy as jnp
 import numpy as np
 
+from data.eval_files import load_annotations_h5
 from data.pckh import compute_pckh
-from dsnt_jax.models.heads import hm_decode
+from dsnt_jax.models.heads import hm_decode, hm_encode
 from dsnt_jax.ops import make_gauss
 from train.loop.config import csv_ints
 
 PROG = "python -m train.experiments.ceilings"
 SIDES: tuple[int, ...] = (3, 4, 6, 7, 8, 12, 14, 16, 24, 28, 32, 56)
+COLUMNS: tuple[str, ...] = ("HM: its target decoded", "HM: sub-pixel target decoded", "DSNT: truth within ±(n−1)/n")
 
 
 def decoding_ceilings(coords: np.ndarray, annotated: np.ndarray, head_sizes: np.ndarray, sides: Sequence[int],
-                      sigma: float = 1.0) -> dict[int, tuple[float, float]]:
-    """{side n: (HM ceiling, DSNT ceiling)} as PCKh@0.5 total (%) of the exact decodings on n × n maps.
+                      sigma: float = 1.0) -> dict[int, tuple[float, float, float]]:
+    """{side n: (HM, HM with a sub-pixel target, DSNT)} as PCKh@0.5 total (%) of the exact decodings on n × n maps.
 
     Args:
       coords: float [N, 16, 2] true joints, normalised to [-1, 1] across the crop (MPII joint order).
@@ -43,21 +53,48 @@ def decoding_ceilings(coords: np.ndarray, annotated: np.ndarray, head_sizes: np.
     """
     if any(n < 2 for n in sides):
         raise ValueError(f"map sides must be at least 2, got {list(sides)}")
+    truth = jnp.asarray(coords, jnp.float32)
     out = {}
     for n in sides:
-        target = make_gauss(jnp.asarray(coords, jnp.float32), (n, n), sigma, normalize=False)
-        hm = np.asarray(hm_decode(target), np.float64)
         reach = (n - 1) / n
-        dsnt = np.clip(coords, -reach, reach)
-        out[n] = tuple(compute_pckh(pred, coords, annotated, head_sizes).summary()["total"] for pred in (hm, dsnt))
+        preds = (hm_decode(hm_encode(truth, (n, n), sigma)),
+                 hm_decode(make_gauss(truth, (n, n), sigma, normalize=False)),
+                 np.clip(coords, -reach, reach))
+        out[n] = tuple(compute_pckh(np.asarray(p, np.float64), coords, annotated, head_sizes).summary()["total"]
+                       for p in preds)
     return out
 
 
+def valid_h5_people(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The people of a pose-hg-train ``valid.h5`` in the paper's crop, as `crop_joints` gives a dataset's.
+
+    The crop is the person box of docs/paper-recipe.md §6: a square of side 200·scale centred on ``center``
+    (valid.h5 stores both already adjusted, i.e. 250·s around (cx, cy + 15·s)), ±1 at its edges.
+
+    Returns:
+      (coords float64 [N, 16, 2], annotated bool [N, 16] (inside the crop only), head sizes float64 [N]).
+    """
+    ann = load_annotations_h5(path)
+    with h5py.File(path, "r") as f:
+        missing = [k for k in ("center", "scale") if k not in f]
+        if missing:
+            raise ValueError(f"{path}: no {' or '.join(missing)} dataset; expected pose-hg-train's annot/valid.h5")
+        center = np.asarray(f["center"], np.float64)
+        half_side = 100.0 * np.asarray(f["scale"], np.float64)
+    if center.shape != (ann.num_persons, 2) or half_side.shape != (ann.num_persons,):
+        raise ValueError(f"{path}: center must be [N, 2] and scale [N] with N = {ann.num_persons}, got "
+                         f"{center.shape} and {half_side.shape}")
+    coords = (ann.joints - center[:, None, :]) / half_side[:, None, None]
+    annotated = ann.annotated & np.all(np.abs(coords) < 1.0, axis=-1)
+    return coords, annotated, ann.head_sizes / half_side
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Prints the ceilings for the validation people of the synthetic dataset (default) or MPII."""
+    """Prints the ceilings for the validation people of the synthetic dataset (default), MPII or a valid.h5."""
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     p.add_argument("--dataset", choices=("synthetic", "mpii"), default="synthetic")
     p.add_argument("--data-dir", help="tfds data directory (as for python -m train.main)")
+    p.add_argument("--valid-h5", metavar="PATH", help="instead of a dataset: pose-hg-train's annot/valid.h5")
     p.add_argument("--sides", type=csv_ints, default=SIDES, metavar="N[,N]", help="map sides (default: %(default)s)")
     p.add_argument("--sigma", type=float, default=1.0, help="HM target σ in map pixels (default 1, the paper's)")
     args = p.parse_args(argv)
@@ -66,18 +103,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     from train.loop.data import crop_joints, open_datasets
 
     try:
-        cfg = config_lib.resolve({**config_lib.CPU_SIZED, "dataset": args.dataset, "data_dir": args.data_dir})
-        ds = open_datasets(cfg)
-        coords, mask, heads = crop_joints(ds.val, ds.val[0]["image"].shape[0])
+        if args.valid_h5:
+            name = f"MPII ({args.valid_h5})"
+            coords, mask, heads = valid_h5_people(args.valid_h5)
+        else:
+            cfg = config_lib.resolve({**config_lib.CPU_SIZED, "dataset": args.dataset, "data_dir": args.data_dir})
+            ds = open_datasets(cfg)
+            name = ds.name
+            coords, mask, heads = crop_joints(ds.val, ds.val[0]["image"].shape[0])
         table = decoding_ceilings(coords, mask, heads, args.sides, args.sigma)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
-    print(f"PCKh@0.5 total (%) of the exact decodings, {ds.name} validation ({len(coords)} people)")
-    print("| map side | HM: target decoded (argmax + ¼ px) | DSNT: truth within ±(n−1)/n |")
-    print("|---|---|---|")
-    for n, (hm, dsnt) in table.items():
-        print(f"| {n} | {hm:.1f} | {dsnt:.1f} |")
+    print(f"PCKh@0.5 total (%) of the exact decodings, {name} validation ({len(coords)} people)")
+    print("| map side | " + " | ".join(COLUMNS) + " |")
+    print("|---" * (len(COLUMNS) + 1) + "|")
+    for n, row in table.items():
+        print(f"| {n} | " + " | ".join(f"{v:.1f}" for v in row) + " |")
     return 0
 
 
