@@ -201,12 +201,19 @@ def test_collect_writes_csv_plot_and_table(tmp_path: Path) -> None:
     assert png_path.endswith("fig7.png") and image.ndim == 3 and image.shape[0] > 100
     # Every run was validated twice (steps 10 and 20): the progress plot is written too.
     assert progress_path.endswith("fig7-progress.png") and Image.open(progress_path).size[0] > 100
+    progress = np.asarray(Image.open(progress_path))
     text = R.format_tables(exp, rows)
     header = next(line for line in text.splitlines() if line.startswith("| series"))
     assert header.split("|")[2:6] == [" 4 ", " 8 ", " 16 ", " 32 "]
     fc_line = next(line for line in text.splitlines() if line.startswith("| FC |"))
     assert fc_line.rstrip(" |").endswith("-")  # the missing run
     assert f"| dsnt-7 | 4 | 1 | {totals['dsnt-7']:.1f} |" in text
+    # With HM's decoding limit per heatmap side: a table row, and a dashed line in both plots.
+    caps = {4: 10.25, 8: 49.7, 16: 100.0, 32: 100.0}
+    rows, _, pngs = R.collect(exp, str(tmp_path), caps)
+    assert "| HM limit (its target decoded) | 10.2 | 49.7 | 100.0 | 100.0 |" in R.format_tables(exp, rows, caps)
+    with_caps = [np.asarray(Image.open(p)) for p in pngs]
+    assert all(a.shape == b.shape and np.any(a != b) for a, b in zip(with_caps, (image, progress)))
 
 
 def test_bar_plot_and_pivot_for_tables(tmp_path: Path) -> None:
@@ -325,6 +332,9 @@ def test_tiny_real_grid_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
         assert r["epoch"] == 2 and r["heatmap"] == 4 and 0.0 <= r["total"] <= 100.0
     # Validated after each of the 2 epochs: the grid's plot and the progress plot.
     assert [os.path.basename(p) for p in pngs] == ["fig7.png", "fig7-progress.png"]
+    # HM's limit on this dataset's validation people, per heatmap side of the grid (train.experiments.cli).
+    caps = cli._hm_caps(exp)
+    assert caps is not None and sorted(caps) == [2, 4, 8] and all(0.0 <= v <= 100.0 for v in caps.values())
     assert all(os.path.isfile(p) for p in pngs)
     assert E.run_grid(runs, lambda cfg: pytest.fail("a finished run was trained again")) == {
         "hm-28": None, "dsntr-28": None}

@@ -225,6 +225,18 @@ def test_plot_curves_draws_error_bars_where_a_spread_is_given(tmp_path):
         plots.plot_curves(records, "x", "y", tmp_path / "e.png", errors=["spread"])
 
 
+def test_plot_curves_draws_a_reference_dashed_in_its_partners_colour(tmp_path):
+    records = [{"x": x, "y": 20.0 + 5 * x, "limit": 90.0} for x in (1, 2, 4)]
+    out = _read_png(plots.plot_curves(records, "x", ["y", "limit"], tmp_path / "r.png", dashed={"limit": "y"}))
+    red, green, blue = (out[..., i].astype(int) for i in range(3))
+    # Matplotlib's first colour (blue) only: the reference did not take the second one (orange).
+    assert not np.any((red > 200) & (green > 100) & (green < 160) & (blue < 60))
+    plain = _read_png(plots.plot_curves(records, "x", ["y", "limit"], tmp_path / "p.png"))
+    assert np.any((plain[..., 0] > 200) & (plain[..., 2] < 60))
+    with pytest.raises(ValueError, match="after the column whose colour"):
+        plots.plot_curves(records, "x", ["limit", "y"], tmp_path / "e.png", dashed={"limit": "y"})
+
+
 def test_plot_pckh_curve(tmp_path):
     t = np.linspace(0, 0.5, 51)
     out = plots.plot_pckh_curve(t, {"a": 100 * t / 0.5, "b": 100 * np.sqrt(t / 0.5)}, tmp_path / "pck.png")

@@ -24,6 +24,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import h5py
 import jax.numpy as jnp
@@ -63,6 +64,16 @@ def decoding_ceilings(coords: np.ndarray, annotated: np.ndarray, head_sizes: np.
         out[n] = tuple(compute_pckh(np.asarray(p, np.float64), coords, annotated, head_sizes).summary()["total"]
                        for p in preds)
     return out
+
+
+def hm_caps(cfg: Any, sides: Sequence[int]) -> dict[int, float]:
+    """{side n: PCKh total (%) of HM's own target decoded on n × n maps} for the validation people of `cfg`'s
+    dataset, in `cfg`'s crop, with `cfg.sigma` (a `train.loop.config.Config`; the dataset must be prepared)."""
+    from train.loop.data import crop_joints, open_datasets  # the data stack, only when a dataset is read
+
+    ds = open_datasets(cfg, log=lambda _: None)
+    coords, mask, heads = crop_joints(ds.val, ds.val[0]["image"].shape[0])
+    return {n: row[0] for n, row in decoding_ceilings(coords, mask, heads, sides, cfg.sigma).items()}
 
 
 def valid_h5_people(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

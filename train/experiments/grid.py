@@ -96,13 +96,17 @@ class Run:
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-    """A grid: `kind` 'line' (PCKh vs a numeric x, one line per series) or 'bar' (category = series)."""
+    """A grid: `kind` 'line' (PCKh vs a numeric x, one line per series) or 'bar' (category = series).
+
+    `xunit` follows an x value in labels (' px': "HM, 8 px").
+    """
 
     name: str
     title: str
     xlabel: str
     kind: str
     runs: tuple[Run, ...]
+    xunit: str = ""
 
 
 def _specs(name: str, full: bool) -> list[tuple[str, str, Any, str, dict[str, Any]]]:
@@ -182,12 +186,12 @@ def build_experiment(name: str, *, full: bool = False, root: str = "runs/experim
         runs.append(Run(run_name, series, cfg.model.heatmap_size if x is None else x, cfg, group))
     setting = ("ResNet-34, MPII" if full else
                f"{runs[0].config.model.backbone} (narrow) @ {runs[0].config.model.input_size} px, synthetic")
-    titles = {"fig7": ("Fig. 7: output strategy × resolution", "heatmap side (px)", "line"),
-              "fig11": ("Fig. 11: training samples, no augmentation", "training samples", "line"),
-              "table2": ("Table 2: heatmap activation", "activation", "bar"),
-              "table3": ("Table 3: regularisation", "regulariser", "bar")}
-    title, xlabel, kind = titles[name]
-    return Experiment(name, f"{title}\n{setting}", xlabel, kind, tuple(runs))
+    titles = {"fig7": ("Fig. 7: output strategy × resolution", "heatmap side (px)", "line", " px"),
+              "fig11": ("Fig. 11: training samples, no augmentation", "training samples", "line", " samples"),
+              "table2": ("Table 2: heatmap activation", "activation", "bar", ""),
+              "table3": ("Table 3: regularisation", "regulariser", "bar", "")}
+    title, xlabel, kind, xunit = titles[name]
+    return Experiment(name, f"{title}\n{setting}", xlabel, kind, tuple(runs), xunit)
 
 
 def select_runs(experiment: Experiment, only: str | None) -> tuple[Run, ...]:

@@ -52,7 +52,7 @@ def _save_figure(fig: Figure, path: str | os.PathLike) -> str:
 def plot_curves(data: str | os.PathLike | Sequence[Mapping[str, Any]], x: str, ys: str | Sequence[str],
                 path: str | os.PathLike, *, title: str = "", xlabel: str | None = None,
                 ylabel: str = "", log_x: bool = False, labels: Sequence[str] | None = None,
-                errors: Sequence[str | None] | None = None) -> str:
+                errors: Sequence[str | None] | None = None, dashed: Mapping[str, str] | None = None) -> str:
     """Line plot of one or more columns against another (e.g. PCKh vs heatmap resolution, per method).
 
     Each column in `ys` is one line with markers, over the rows sorted by `x`; rows where that column
@@ -68,6 +68,8 @@ def plot_curves(data: str | os.PathLike | Sequence[Mapping[str, Any]], x: str, y
       log_x: logarithmic x axis.
       labels: legend entries, one per y column (default: the column names).
       errors: per y column, the column of its ± error bar (e.g. half the range over seeds), or None for none.
+      dashed: y columns that are references rather than measurements (e.g. a decoding limit), each mapped to the
+        earlier y column whose colour it takes: dashed, no markers.
 
     Returns:
       The path written.
@@ -84,6 +86,9 @@ def plot_curves(data: str | os.PathLike | Sequence[Mapping[str, Any]], x: str, y
     error_columns = [None] * len(ys) if errors is None else list(errors)
     if len(error_columns) != len(ys):
         raise ValueError(f"{len(ys)} y columns but {len(error_columns)} error columns")
+    late = [c for c, partner in (dashed or {}).items() if c not in ys or partner not in ys[:ys.index(c)]]
+    if late:
+        raise ValueError(f"dashed columns {late} must be y columns after the column whose colour they take")
     missing = [c for c in [x, *ys, *filter(None, error_columns)] if c not in records[0]]
     if missing:
         raise ValueError(f"columns {missing} not in the data; it has {sorted(records[0])}")
@@ -91,10 +96,16 @@ def plot_curves(data: str | os.PathLike | Sequence[Mapping[str, Any]], x: str, y
     order = np.argsort(xs, kind="stable")
     fig = Figure(figsize=(5.5, 4.0), dpi=110, layout="constrained")
     ax = fig.add_subplot()
+    colours: dict[str, Any] = {}
     for column, label, error in zip(ys, labels, error_columns):
         values = np.array([_number(r[column]) for r in records])[order]
         keep = np.isfinite(values) & np.isfinite(xs[order])
-        line = ax.plot(xs[order][keep], values[keep], marker="o", markersize=4, label=label)[0]
+        if column in (dashed or {}):
+            style: dict[str, Any] = dict(linestyle="--", linewidth=1.2, color=colours[dashed[column]])
+        else:
+            style = dict(marker="o", markersize=4)
+        line = ax.plot(xs[order][keep], values[keep], label=label, **style)[0]
+        colours[column] = line.get_color()
         if error is not None:
             spread = np.array([_number(r[error]) for r in records])[order][keep]
             has = np.isfinite(spread) & (spread > 0)

@@ -7,6 +7,8 @@ paper's figures; with several seeds the mean, and bars of half their range) or g
 tables); `format_tables` gives the same numbers as Markdown.
 Runs validated more than once (`--eval-every`) also get ROOT/NAME/NAME-progress.png: validation PCKh against
 training updates, one line per run (its seeds' mean), which shows whether a comparison depends on the budget.
+Given `hm_caps` ({heatmap side: PCKh of HM's own target decoded}, `train.experiments.ceilings.hm_caps`), fig7's
+table gets a row and its plots a dashed line for that limit, which no HM run can pass by much.
 """
 
 from __future__ import annotations
@@ -75,13 +77,19 @@ def _mean_cell(values: Sequence[float]) -> str:
     return f"{mean:.1f} ± {spread:.1f} ({len(values)})"
 
 
-def format_tables(experiment: Experiment, rows: Sequence[Mapping[str, Any]]) -> str:
+HM_CAP_LABEL = "HM limit (its target decoded)"
+
+
+def format_tables(experiment: Experiment, rows: Sequence[Mapping[str, Any]],
+                  hm_caps: Mapping[int, float] | None = None) -> str:
     """Markdown tables: final PCKh total as series × x (the paper's layout; several seeds: mean ± half their
-    range, and their count), then one line per run."""
+    range, and their count; with `hm_caps`, a row of HM's limit per heatmap side), then one line per run."""
     series, xs, _ = pivot(rows)
     values = grouped(rows)
     lines = ["| " + " | ".join(["series", *map(str, xs)]) + " |", "|" + "---|" * (len(xs) + 1)]
     lines += ["| " + " | ".join([s, *(_mean_cell(values.get((s, x), [])) for x in xs)]) + " |" for s in series]
+    if hm_caps:
+        lines.append("| " + " | ".join([HM_CAP_LABEL, *(_cell(hm_caps.get(x)) for x in xs)]) + " |")
     lines += ["", "| run | heatmap | epochs | PCKh | PCKh@0.1 | AUC | best (epoch) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         best = "-" if r.get("best_total") is None else f"{_cell(r['best_total'])} ({r['best_epoch']})"
@@ -91,8 +99,10 @@ def format_tables(experiment: Experiment, rows: Sequence[Mapping[str, Any]]) -> 
     return f"{title}: validation PCKh total (%)\n\n" + "\n".join(lines)
 
 
-def plot_experiment(experiment: Experiment, rows: Sequence[Mapping[str, Any]], path: str) -> str | None:
-    """The experiment's PNG (line plot vs x, log2 axis, or bars); None when no run has a result yet."""
+def plot_experiment(experiment: Experiment, rows: Sequence[Mapping[str, Any]], path: str,
+                    hm_caps: Mapping[int, float] | None = None) -> str | None:
+    """The experiment's PNG (line plot vs x, log2 axis, or bars; `hm_caps` dashed); None when no run has a result
+    yet."""
     if not any(r.get("total") is not None for r in rows):
         return None
     if experiment.kind == "bar":
@@ -101,17 +111,29 @@ def plot_experiment(experiment: Experiment, rows: Sequence[Mapping[str, Any]], p
     # Error bars: half the range over the seeds, the ± of the tables.
     stats = {k: _mean_and_spread(v) for k, v in grouped(rows).items()}
     wide = [{"x": x, **{s: stats.get((s, x), (None, None))[0] for s in series},
-             **{f"{s} ±": stats.get((s, x), (None, None))[1] for s in series}} for x in xs]
-    return plot_curves(wide, "x", series, path, title=experiment.title, xlabel=experiment.xlabel,
-                       ylabel="validation PCKh total (%)", log_x=True, errors=[f"{s} ±" for s in series])
+             **{f"{s} ±": stats.get((s, x), (None, None))[1] for s in series},
+             HM_CAP_LABEL: (hm_caps or {}).get(x)} for x in xs]
+    hm_series = next((r.series for r in experiment.runs if r.config.model.output == "hm"), None)
+    hm_caps = hm_caps if hm_series in series else None  # the limit line takes the HM line's colour
+    lines = [*series, *([HM_CAP_LABEL] if hm_caps else [])]
+    return plot_curves(wide, "x", lines, path, title=experiment.title, xlabel=experiment.xlabel,
+                       ylabel="validation PCKh total (%)", log_x=True,
+                       errors=[f"{s} ±" for s in series] + [None] * (len(lines) - len(series)),
+                       dashed={HM_CAP_LABEL: hm_series} if hm_caps and hm_series else None)
 
 
-def plot_progress(experiment: Experiment, path: str) -> str | None:
+def plot_progress(experiment: Experiment, path: str, hm_caps: Mapping[int, float] | None = None) -> str | None:
     """Validation PCKh total against training updates, one line per run validated at least twice (the mean of
-    its seeds, with bars of half their range); None if there is no such run."""
+    its seeds, with bars of half their range; an HM run's limit from `hm_caps` dashed); None if there is no such
+    run."""
     curves: dict[str, dict[int, list[float]]] = {}
     seeds: dict[str, int] = {}
+    names: dict[str, str] = {}
+    caps: dict[str, float] = {}
     for run in experiment.runs:
+        names[run.group] = f"{run.series}, {run.x}{experiment.xunit}"
+        if hm_caps and run.config.model.output == "hm" and run.x in hm_caps:
+            caps[run.group] = hm_caps[run.x]
         # Later lines of a resumed run win, as in summarize_run.
         by_step = {r["step"]: r.get("total") for r in read_val_records(run.config.workdir) if "step" in r}
         if len(by_step) < 2:
@@ -128,19 +150,27 @@ def plot_progress(experiment: Experiment, path: str) -> str | None:
         row: dict[str, Any] = {"step": step}
         for group, by_step in curves.items():
             row[group], row[f"{group} ±"] = _mean_and_spread(by_step.get(step, []))
+            row[f"{group} limit"] = caps.get(group)
         wide.append(row)
-    labels = [f"{g} ({seeds[g]} seeds)" if seeds[g] > 1 else g for g in curves]
+    groups = list(curves)
+    limits = [g for g in groups if g in caps]
+    labels = [f"{names[g]} ({seeds[g]} seeds)" if seeds[g] > 1 else names[g] for g in groups]
+    labels += [f"{names[g]}: {HM_CAP_LABEL}" for g in limits]
     title = experiment.title.split("\n")[0] + ": during training"
-    return plot_curves(wide, "step", list(curves), path, title=title, xlabel="training updates",
-                       ylabel="validation PCKh total (%)", labels=labels, errors=[f"{g} ±" for g in curves])
+    return plot_curves(wide, "step", groups + [f"{g} limit" for g in limits], path, title=title,
+                       xlabel="training updates", ylabel="validation PCKh total (%)", labels=labels,
+                       errors=[f"{g} ±" for g in groups] + [None] * len(limits),
+                       dashed={f"{g} limit": g for g in limits})
 
 
-def collect(experiment: Experiment, root: str) -> tuple[list[dict[str, Any]], str, list[str]]:
+def collect(experiment: Experiment, root: str, hm_caps: Mapping[int, float] | None = None
+            ) -> tuple[list[dict[str, Any]], str, list[str]]:
     """Summarises every run of the grid; writes root/NAME/results.csv, NAME.png and, when runs were validated
-    more than once, NAME-progress.png. Returns (rows, csv path, PNG paths written)."""
+    more than once, NAME-progress.png (both with `hm_caps` dashed, if given). Returns (rows, csv path, PNG paths
+    written)."""
     rows = [summarize_run(experiment.name, run) for run in experiment.runs]
     out_dir = os.path.join(root, experiment.name)
     csv_path = write_csv(rows, os.path.join(out_dir, "results.csv"))
-    pngs = [plot_experiment(experiment, rows, os.path.join(out_dir, f"{experiment.name}.png")),
-            plot_progress(experiment, os.path.join(out_dir, f"{experiment.name}-progress.png"))]
+    pngs = [plot_experiment(experiment, rows, os.path.join(out_dir, f"{experiment.name}.png"), hm_caps),
+            plot_progress(experiment, os.path.join(out_dir, f"{experiment.name}-progress.png"), hm_caps)]
     return rows, csv_path, [p for p in pngs if p]
