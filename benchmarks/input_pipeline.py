@@ -22,9 +22,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from data.augment import HOURGLASS_INPUT, RESNET_INPUT, VARIANTS
+from data.augment import VARIANTS, input_mean_rgb
 from data.joints import NUM_JOINTS
 from data.pipeline import make_train_loader
+from dsnt_jax.models import input_size_for
 
 
 def synthetic_records(num: int, canvas_size: int, *, encode: bool, seed: int = 0) -> list[dict]:
@@ -65,9 +66,10 @@ def cpu_description() -> str:
 
 def time_loader(source, *, workers: int, args: argparse.Namespace) -> float:
     """Returns images/s of the training loader with ``workers`` processes (after the warm-up batches)."""
-    spec = HOURGLASS_INPUT if args.input == "hourglass" else RESNET_INPUT
+    is_resnet = args.input != "hourglass"
     loader = make_train_loader(
-        source, global_batch_size=args.batch_size, out_size=spec.out_size, mean_rgb=spec.mean_rgb,
+        source, global_batch_size=args.batch_size, out_size=input_size_for("resnet50" if is_resnet else "hg1"),
+        mean_rgb=input_mean_rgb(is_resnet),
         augment_variant=args.variant, seed=0, num_workers=workers, num_threads=args.threads,
         prefetch_batches=args.prefetch)
     iterator = iter(loader)

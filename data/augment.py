@@ -56,17 +56,10 @@ class AugmentParams:
 IDENTITY = AugmentParams()
 
 
-@dataclasses.dataclass(frozen=True)
-class InputSpec:
-    """Network input format: side ``out_size`` px, [0, 1] RGB minus ``mean_rgb`` (None: nothing subtracted)."""
-
-    out_size: int
-    mean_rgb: tuple[float, float, float] | None = None
-
-
-# ResNet: 224 px in [0, 1] without normalisation; hourglass: 256 px minus the MPII mean (docs/paper-recipe.md §1, §3).
-RESNET_INPUT = InputSpec(224, None)
-HOURGLASS_INPUT = InputSpec(256, MPII_MEAN_RGB)
+def input_mean_rgb(is_resnet: bool) -> tuple[float, float, float] | None:
+    """The mean subtracted from a network's [0, 1] RGB input: none for ResNets, the MPII mean for hourglasses
+    (the paper's code; docs/paper-recipe.md §1, §3). Input sides: `dsnt_jax.models.input_size_for`."""
+    return None if is_resnet else MPII_MEAN_RGB
 
 
 def sample_augmentation(rng: np.random.Generator, variant: str = "paper_code") -> AugmentParams:

@@ -217,10 +217,10 @@ def test_hourglass_mean_subtraction():
     record = make_record(rng.integers(0, 256, size=(CANVAS, CANVAS, 3), dtype=np.uint8),
                          rng.uniform(0, CANVAS, size=(NUM_JOINTS, 2)))
     params = random_params(rng)
-    spec = aug.HOURGLASS_INPUT
-    assert spec.out_size == 256 and spec.mean_rgb == MPII_MEAN_RGB and aug.RESNET_INPUT.mean_rgb is None
-    plain = aug.augment(record, params, out_size=spec.out_size)
-    centred = aug.augment(record, params, out_size=spec.out_size, mean_rgb=spec.mean_rgb)
+    mean = aug.input_mean_rgb(is_resnet=False)
+    assert mean == MPII_MEAN_RGB and aug.input_mean_rgb(is_resnet=True) is None
+    plain = aug.augment(record, params, out_size=256)
+    centred = aug.augment(record, params, out_size=256, mean_rgb=mean)
     np.testing.assert_allclose(centred["image"], plain["image"] - np.float32(MPII_MEAN_RGB), atol=1e-7)
     np.testing.assert_array_equal(centred["coords"], plain["coords"])
     assert plain["image"].min() >= 0 and plain["image"].max() <= 1

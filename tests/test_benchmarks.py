@@ -202,6 +202,17 @@ def test_ops_runs_both_libraries_on_one_device_and_survives_a_failed_compile(cap
 # PyTorch peer configurations
 
 
+def test_input_pipeline_times_the_loader_per_worker_count(capsys):
+    from benchmarks import input_pipeline
+
+    input_pipeline.main(["--workers", "0", "--batch-size", "2", "--batches", "2", "--warmup", "1",
+                         "--num-records", "4", "--canvas-size", "96", "--input", "hourglass"])
+    out = capsys.readouterr().out
+    assert "4 synthetic JPEG records, 96 px canvas" in out and "input hourglass" in out
+    rate = float(out.strip().splitlines()[-1].split()[1])  # "<workers> <images/s> <images/s/worker>"
+    assert rate > 0
+
+
 def test_torch_config_grammar_and_labels():
     parse = torch_peers.parse_torch_configs
     eager, compiled = parse("eager, compile", compile_mode="reduce-overhead")

@@ -156,7 +156,7 @@ class PoseEstimator:
             folded = fold_lib.fold_batchnorm(self.model, variables, input_shape=(1, size, size, 3))
             self.apply_fn, variables = folded.apply, folded.variables
         self.variables = jax.device_put(variables)  # device-resident: no copy of the weights per call
-        self.mean_rgb = None if cfg.model.is_resnet else augment.HOURGLASS_INPUT.mean_rgb
+        self.mean_rgb = augment.input_mean_rgb(cfg.model.is_resnet)
         self._compiled: dict[int, Any] = {}
 
     def _forward(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
-from data.augment import HOURGLASS_INPUT, IDENTITY, RESNET_INPUT, normalized_to_canvas
+from data.augment import IDENTITY, input_mean_rgb, normalized_to_canvas
 from data.pipeline import make_eval_loader, make_train_loader
 from train.loop.config import Config
 
@@ -164,8 +164,7 @@ def open_datasets(cfg: Config, log: Callable[[str], None] = print) -> Datasets:
 
 def input_spec(cfg: Config) -> tuple[int, tuple[float, float, float] | None]:
     """(input side, mean RGB or None): ResNets take [0, 1] RGB, hourglasses [0, 1] minus the MPII mean."""
-    spec = RESNET_INPUT if cfg.model.is_resnet else HOURGLASS_INPUT
-    return cfg.model.input_size, spec.mean_rgb
+    return cfg.model.input_size, input_mean_rgb(cfg.model.is_resnet)
 
 
 def steps_per_epoch(cfg: Config, num_train: int) -> int:
