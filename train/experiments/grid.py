@@ -14,9 +14,11 @@ default is CPU-sized: the embedded synthetic dataset, a narrow ResNet-18 at 96 p
 `CPU_FIG7_INPUT`, so 7/14/28/56 keep their strides 32/16/8/4 and give 4/8/16/32 px heatmaps), no
 augmentation (each example is seen only a few times), learning rate 2e-3, one or two epochs (too few for an lr
 drop); fig11 scales the sample counts to 256…2048 and gives every run the same number of updates
-(`CPU_FIG11_STEPS`). The CPU grids' HM runs draw their target Gaussians with peak
-`CPU_HM_AMPLITUDE` (10) instead of the paper's 1 (`--hm-amplitude`, dsnt_jax/models/loss.py): at peak 1 a
-run this short ends at the all-zero heatmap (issue #14). `--full` keeps the paper's 1.
+(`CPU_FIG11_STEPS`). One epoch leaves fig7's 8-px runs below HM's decoding limit there, so the README also
+trains the two lowest resolutions for `--epochs 8` (41 min). The CPU grids' HM runs draw their target
+Gaussians with peak `CPU_HM_AMPLITUDE` (10) instead of the paper's 1 (`--hm-amplitude`,
+dsnt_jax/models/loss.py): at peak 1 a run this short ends at the all-zero heatmap (issue #14). `--full` keeps
+the paper's 1.
 
 Every run lives in ROOT/NAME/<run> and is skipped when its metrics.jsonl already holds the final
 validation, so an interrupted grid continues where it stopped. Afterwards ROOT/NAME/results.csv, a PNG in

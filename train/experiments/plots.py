@@ -94,7 +94,9 @@ def plot_curves(data: str | os.PathLike | Sequence[Mapping[str, Any]], x: str, y
         raise ValueError(f"columns {missing} not in the data; it has {sorted(records[0])}")
     xs = np.array([_number(r[x]) for r in records])
     order = np.argsort(xs, kind="stable")
-    fig = Figure(figsize=(5.5, 4.0), dpi=110, layout="constrained")
+    # Beyond a handful of lines an inside legend hides data: it goes to the right of a wider figure.
+    legend_outside = len(ys) > 5
+    fig = Figure(figsize=(8.0 if legend_outside else 5.5, 4.0), dpi=110, layout="constrained")
     ax = fig.add_subplot()
     colours: dict[str, Any] = {}
     for column, label, error in zip(ys, labels, error_columns):
@@ -122,7 +124,9 @@ def plot_curves(data: str | os.PathLike | Sequence[Mapping[str, Any]], x: str, y
     ax.set_xlabel(x if xlabel is None else xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    if len(ys) > 1:
+    if legend_outside:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
+    elif len(ys) > 1:
         ax.legend()
     return _save_figure(fig, path)
 

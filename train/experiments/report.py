@@ -112,7 +112,10 @@ def plot_experiment(experiment: Experiment, rows: Sequence[Mapping[str, Any]], p
     stats = {k: _mean_and_spread(v) for k, v in grouped(rows).items()}
     wide = [{"x": x, **{s: stats.get((s, x), (None, None))[0] for s in series},
              **{f"{s} ±": stats.get((s, x), (None, None))[1] for s in series},
-             HM_CAP_LABEL: (hm_caps or {}).get(x)} for x in xs]
+             # The limit where the grid has results: a partial grid (--only) is not drawn out to empty sides.
+             HM_CAP_LABEL: (hm_caps or {}).get(x) if any(stats.get((s, x), (None,))[0] is not None
+                                                           for s in series) else None}
+            for x in xs]
     hm_series = next((r.series for r in experiment.runs if r.config.model.output == "hm"), None)
     hm_caps = hm_caps if hm_series in series else None  # the limit line takes the HM line's colour
     lines = [*series, *([HM_CAP_LABEL] if hm_caps else [])]
@@ -155,7 +158,7 @@ def plot_progress(experiment: Experiment, path: str, hm_caps: Mapping[int, float
     groups = list(curves)
     limits = [g for g in groups if g in caps]
     labels = [f"{names[g]} ({seeds[g]} seeds)" if seeds[g] > 1 else names[g] for g in groups]
-    labels += [f"{names[g]}: {HM_CAP_LABEL}" for g in limits]
+    labels += [f"{names[g]}: limit (its target decoded)" for g in limits]
     title = experiment.title.split("\n")[0] + ": during training"
     return plot_curves(wide, "step", groups + [f"{g} limit" for g in limits], path, title=title,
                        xlabel="training updates", ylabel="validation PCKh total (%)", labels=labels,
