@@ -8,14 +8,14 @@ Measured on a dataset's own validation people, in their crops (no augmentation),
   scores exactly this. A real network can land a little above it, because where it is unsure between two cells
   its map leans towards the truth and the quarter-pixel shift follows.
 * HM, sub-pixel target: the same decoding of a Gaussian centred on the exact joint
-  (`dsnt_jax.ops.make_gauss`), the best that argmax plus a quarter pixel can do on that grid.
+  (`dsnt_jax.ops.make_gauss`), what HM would reach with a target that kept the position within the cell.
 * DSNT: the true joint clipped to ±(n−1)/n of the crop, the farthest a mean of an n × n map's cell centres can
   reach (any softmax map, whatever the network).
 
-Besides the synthetic dataset (default) and a prepared MPII, `--valid-h5` takes pose-hg-train's
-`annot/valid.h5` (the paper's 2958 validation people with their boxes; no images needed), so the paper's own
-7 × 7 px case can be checked. The figures explain the low-resolution end of Fig. 7 (README, "The paper's
-experiments").
+Every annotated joint is scored, as validation does (those outside the crop are misses for HM's map). Besides
+the synthetic dataset (default) and a prepared MPII, `--valid-h5` takes pose-hg-train's `annot/valid.h5` (the
+paper's 2958 validation people with their boxes; no images needed), so the paper's own 7 × 7 px case can be
+checked. The figures explain the low-resolution end of Fig. 7 (README, "The paper's experiments").
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from data.eval_files import load_annotations_h5
 from data.pckh import compute_pckh
 from dsnt_jax.models.heads import hm_decode, hm_encode
 from dsnt_jax.ops import make_gauss
+from train.loop import config as config_lib
 from train.loop.config import csv_ints
 
 PROG = "python -m train.experiments.ceilings"
@@ -61,8 +62,9 @@ def decoding_ceilings(coords: np.ndarray, annotated: np.ndarray, head_sizes: np.
         preds = (hm_decode(hm_encode(truth, (n, n), sigma)),
                  hm_decode(make_gauss(truth, (n, n), sigma, normalize=False)),
                  np.clip(coords, -reach, reach))
-        out[n] = tuple(compute_pckh(np.asarray(p, np.float64), coords, annotated, head_sizes).summary()["total"]
-                       for p in preds)
+        hm, subpixel, dsnt = (compute_pckh(np.asarray(p, np.float64), coords, annotated, head_sizes).summary()["total"]
+                              for p in preds)
+        out[n] = (hm, subpixel, dsnt)
     return out
 
 
@@ -72,7 +74,7 @@ def hm_caps(cfg: Any, sides: Sequence[int]) -> dict[int, float]:
     from train.loop.data import crop_joints, open_datasets  # the data stack, only when a dataset is read
 
     ds = open_datasets(cfg, log=lambda _: None)
-    coords, mask, heads = crop_joints(ds.val, ds.val[0]["image"].shape[0])
+    coords, mask, heads = crop_joints(ds.val, ds.val[0]["image"].shape[0], inside_only=False)
     return {n: row[0] for n, row in decoding_ceilings(coords, mask, heads, sides, cfg.sigma).items()}
 
 
@@ -83,7 +85,7 @@ def valid_h5_people(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
     (valid.h5 stores both already adjusted, i.e. 250·s around (cx, cy + 15·s)), ±1 at its edges.
 
     Returns:
-      (coords float64 [N, 16, 2], annotated bool [N, 16] (inside the crop only), head sizes float64 [N]).
+      (coords float64 [N, 16, 2], annotated bool [N, 16], head sizes float64 [N]).
     """
     ann = load_annotations_h5(path)
     with h5py.File(path, "r") as f:
@@ -96,32 +98,34 @@ def valid_h5_people(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
         raise ValueError(f"{path}: center must be [N, 2] and scale [N] with N = {ann.num_persons}, got "
                          f"{center.shape} and {half_side.shape}")
     coords = (ann.joints - center[:, None, :]) / half_side[:, None, None]
-    annotated = ann.annotated & np.all(np.abs(coords) < 1.0, axis=-1)
-    return coords, annotated, ann.head_sizes / half_side
+    return coords, ann.annotated, ann.head_sizes / half_side
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Prints the ceilings for the validation people of the synthetic dataset (default), MPII or a valid.h5."""
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0].split(": ", 1)[1])
-    p.add_argument("--dataset", choices=("synthetic", "mpii"), default="synthetic")
-    p.add_argument("--data-dir", help="tfds data directory (as for python -m train.main)")
-    p.add_argument("--valid-h5", metavar="PATH", help="instead of a dataset: pose-hg-train's annot/valid.h5")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--dataset", choices=("synthetic", "mpii"), help="a prepared dataset (default synthetic)")
+    source.add_argument("--valid-h5", metavar="PATH", help="instead of a dataset: pose-hg-train's annot/valid.h5")
+    p.add_argument("--data-dir", help="tfds data directory (as for python -m train.main; not with --valid-h5)")
     p.add_argument("--sides", type=csv_ints, default=SIDES, metavar="N[,N]", help="map sides (default: %(default)s)")
     p.add_argument("--sigma", type=float, default=1.0, help="HM target σ in map pixels (default 1, the paper's)")
     args = p.parse_args(argv)
-    # Imported late: --help needs no data stack.
-    from train.loop import config as config_lib
-    from train.loop.data import crop_joints, open_datasets
-
+    if args.valid_h5 and args.data_dir:
+        p.error("--data-dir names a prepared dataset; --valid-h5 reads the annotation file alone")
     try:
         if args.valid_h5:
             name = f"MPII ({args.valid_h5})"
             coords, mask, heads = valid_h5_people(args.valid_h5)
         else:
-            cfg = config_lib.resolve({**config_lib.CPU_SIZED, "dataset": args.dataset, "data_dir": args.data_dir})
+            # Imported late: --help and --valid-h5 need no data stack.
+            from train.loop.data import crop_joints, open_datasets
+
+            cfg = config_lib.resolve({**config_lib.CPU_SIZED, "dataset": args.dataset or "synthetic",
+                                      "data_dir": args.data_dir})
             ds = open_datasets(cfg)
             name = ds.name
-            coords, mask, heads = crop_joints(ds.val, ds.val[0]["image"].shape[0])
+            coords, mask, heads = crop_joints(ds.val, ds.val[0]["image"].shape[0], inside_only=False)
         table = decoding_ceilings(coords, mask, heads, args.sides, args.sigma)
     except (ValueError, OSError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)

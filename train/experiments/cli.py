@@ -54,7 +54,9 @@ def _hm_caps(experiment: Experiment) -> dict[int, float] | None:
     """HM's limit per heatmap side of the grid (train.experiments.ceilings), or None with a note if unreadable."""
     from train.experiments.ceilings import hm_caps
 
-    cfg = experiment.runs[0].config
+    cfg = next((r.config for r in experiment.runs if r.config.model.output == "hm"), None)
+    if cfg is None:
+        return None
     try:
         return hm_caps(cfg, sorted({r.config.model.heatmap_size for r in experiment.runs} - {1}))
     except (ValueError, OSError) as err:

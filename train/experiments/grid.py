@@ -53,7 +53,8 @@ CPU_EPOCHS: dict[str, int] = {"fig7": 1, "table2": 2, "table3": 2}
 # cannot leave ±2/3 of the crop there, and 16 % of the synthetic training joints lie beyond (10.4 % beyond the
 # ±3/4 of a 4 × 4 map; 4.5 % beyond the ±6/7 of the paper's 7 × 7; 1.8 % of MPII's validation joints), so FC
 # tied DSNT (24.9 ± 1.7 vs 23.6 ± 0.8 over two seeds; 2 epochs: 32.7 vs 31.0). At 128 px DSNT led FC in
-# both seeds (24.4 vs 21.0; issue #14).
+# both seeds (24.4 vs 21.0; issue #14); 4-px maps also give HM's quantisation a low limit, 10 % (the paper's
+# 7 px on MPII: 39 %). After 8 epochs FC ties DSNT at 4 px as well (README).
 CPU_FIG7_INPUT = 128
 # The CPU-sized setting shared by every default run (explicit pass-through flags still override it): the
 # README run's (`config.CPU_SIZED`) with a narrower network of the usual depth, and batch 16.

@@ -86,7 +86,8 @@ def plot_curves(data: str | os.PathLike | Sequence[Mapping[str, Any]], x: str, y
     error_columns = [None] * len(ys) if errors is None else list(errors)
     if len(error_columns) != len(ys):
         raise ValueError(f"{len(ys)} y columns but {len(error_columns)} error columns")
-    late = [c for c, partner in (dashed or {}).items() if c not in ys or partner not in ys[:ys.index(c)]]
+    dashed = dict(dashed or {})
+    late = [c for c, partner in dashed.items() if c not in ys or partner not in ys[:ys.index(c)]]
     if late:
         raise ValueError(f"dashed columns {late} must be y columns after the column whose colour they take")
     missing = [c for c in [x, *ys, *filter(None, error_columns)] if c not in records[0]]
@@ -102,7 +103,7 @@ def plot_curves(data: str | os.PathLike | Sequence[Mapping[str, Any]], x: str, y
     for column, label, error in zip(ys, labels, error_columns):
         values = np.array([_number(r[column]) for r in records])[order]
         keep = np.isfinite(values) & np.isfinite(xs[order])
-        if column in (dashed or {}):
+        if column in dashed:
             style: dict[str, Any] = dict(linestyle="--", linewidth=1.2, color=colours[dashed[column]])
         else:
             style = dict(marker="o", markersize=4)

@@ -80,6 +80,16 @@ def _mean_cell(values: Sequence[float]) -> str:
 HM_CAP_LABEL = "HM limit (its target decoded)"
 
 
+def _caps_where_measured(experiment: Experiment, rows: Sequence[Mapping[str, Any]],
+                         hm_caps: Mapping[int, float] | None) -> dict[Any, float]:
+    """`hm_caps` at the x values where some run has a result, if the grid has HM runs (else empty): a partial
+    grid (--only) is not drawn or tabled out to sides it did not train."""
+    if not hm_caps or not any(run.config.model.output == "hm" for run in experiment.runs):
+        return {}
+    measured = {x for (_, x), values in grouped(rows).items() if values}
+    return {x: v for x, v in hm_caps.items() if x in measured}
+
+
 def format_tables(experiment: Experiment, rows: Sequence[Mapping[str, Any]],
                   hm_caps: Mapping[int, float] | None = None) -> str:
     """Markdown tables: final PCKh total as series × x (the paper's layout; several seeds: mean ± half their
@@ -88,8 +98,9 @@ def format_tables(experiment: Experiment, rows: Sequence[Mapping[str, Any]],
     values = grouped(rows)
     lines = ["| " + " | ".join(["series", *map(str, xs)]) + " |", "|" + "---|" * (len(xs) + 1)]
     lines += ["| " + " | ".join([s, *(_mean_cell(values.get((s, x), [])) for x in xs)]) + " |" for s in series]
-    if hm_caps:
-        lines.append("| " + " | ".join([HM_CAP_LABEL, *(_cell(hm_caps.get(x)) for x in xs)]) + " |")
+    caps = _caps_where_measured(experiment, rows, hm_caps)
+    if caps:
+        lines.append("| " + " | ".join([HM_CAP_LABEL, *(_cell(caps.get(x)) for x in xs)]) + " |")
     lines += ["", "| run | heatmap | epochs | PCKh | PCKh@0.1 | AUC | best (epoch) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         best = "-" if r.get("best_total") is None else f"{_cell(r['best_total'])} ({r['best_epoch']})"
@@ -110,19 +121,16 @@ def plot_experiment(experiment: Experiment, rows: Sequence[Mapping[str, Any]], p
     series, xs, _ = pivot(rows)
     # Error bars: half the range over the seeds, the ± of the tables.
     stats = {k: _mean_and_spread(v) for k, v in grouped(rows).items()}
+    caps = _caps_where_measured(experiment, rows, hm_caps)
     wide = [{"x": x, **{s: stats.get((s, x), (None, None))[0] for s in series},
              **{f"{s} ±": stats.get((s, x), (None, None))[1] for s in series},
-             # The limit where the grid has results: a partial grid (--only) is not drawn out to empty sides.
-             HM_CAP_LABEL: (hm_caps or {}).get(x) if any(stats.get((s, x), (None,))[0] is not None
-                                                           for s in series) else None}
-            for x in xs]
+             HM_CAP_LABEL: caps.get(x)} for x in xs]
     hm_series = next((r.series for r in experiment.runs if r.config.model.output == "hm"), None)
-    hm_caps = hm_caps if hm_series in series else None  # the limit line takes the HM line's colour
-    lines = [*series, *([HM_CAP_LABEL] if hm_caps else [])]
+    lines = [*series, *([HM_CAP_LABEL] if caps else [])]
     return plot_curves(wide, "x", lines, path, title=experiment.title, xlabel=experiment.xlabel,
                        ylabel="validation PCKh total (%)", log_x=True,
                        errors=[f"{s} ±" for s in series] + [None] * (len(lines) - len(series)),
-                       dashed={HM_CAP_LABEL: hm_series} if hm_caps and hm_series else None)
+                       dashed={HM_CAP_LABEL: hm_series} if caps and hm_series else None)
 
 
 def plot_progress(experiment: Experiment, path: str, hm_caps: Mapping[int, float] | None = None) -> str | None:
@@ -151,8 +159,8 @@ def plot_progress(experiment: Experiment, path: str, hm_caps: Mapping[int, float
     wide = []
     for step in steps:
         row: dict[str, Any] = {"step": step}
-        for group, by_step in curves.items():
-            row[group], row[f"{group} ±"] = _mean_and_spread(by_step.get(step, []))
+        for group, totals in curves.items():
+            row[group], row[f"{group} ±"] = _mean_and_spread(totals.get(step, []))
             row[f"{group} limit"] = caps.get(group)
         wide.append(row)
     groups = list(curves)

@@ -114,13 +114,14 @@ def _val_targets(source: Any) -> dict[str, np.ndarray]:
     return {"joints": joints, "annotated": annotated, "head_size": head_size}
 
 
-def crop_joints(source: Any, canvas_size: int, limit: int | None = None
+def crop_joints(source: Any, canvas_size: int, limit: int | None = None, inside_only: bool = True
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The people of `source` in their crops' normalised frame (no augmentation), the frame of the targets.
 
     Returns:
-      (coords float64 [M, 16, 2] in [-1, 1] across the crop, mask bool [M, 16] of the annotated joints inside
-      the crop, head sizes float64 [M] in the same units) of the first `limit` records (all if None).
+      (coords float64 [M, 16, 2], ±1 at the crop's edges, mask bool [M, 16] of the annotated joints (only those
+      inside the crop if `inside_only`; validation scores them all), head sizes float64 [M] in the same units) of
+      the first `limit` records (all if None).
     """
     to_canvas = normalized_to_canvas(canvas_size, IDENTITY)
     coords, masks, heads = [], [], []
@@ -132,7 +133,8 @@ def crop_joints(source: Any, canvas_size: int, limit: int | None = None
         offset = a[:, :2] @ to_canvas[:, 2] + a[:, 2]
         u = (np.asarray(record["joints"], np.float64) - offset) @ np.linalg.inv(linear).T
         coords.append(u)
-        masks.append(np.asarray(record["annotated"], bool) & np.all(np.abs(u) < 1.0, axis=-1))
+        annotated = np.asarray(record["annotated"], bool)
+        masks.append(annotated & np.all(np.abs(u) < 1.0, axis=-1) if inside_only else annotated)
         heads.append(float(record["head_size"]) / np.sqrt(abs(np.linalg.det(linear))))
     return np.stack(coords), np.stack(masks), np.asarray(heads)
 
