@@ -1,7 +1,8 @@
 """The run directory (`--workdir`): its layout, its config, an exclusive lock, atomic small files.
 
-`RunDir` names every file of a run (config.json, checkpoints/, checkpoints-corrupt/, metrics.jsonl,
-tensorboard/, .lock) and reads and writes its `Config`; nothing else spells those names.
+`RunDir` names every file of a run (config.json, checkpoints/, metrics.jsonl, tensorboard/, .lock; and
+`CORRUPT_DIR`, which `train.loop.checkpoint.Checkpointer` places beside whatever checkpoint directory it is
+given) and reads and writes its `Config`; nothing else spells those names.
 
 A workdir belongs to one training process at a time. `RunLock` holds an exclusive `flock` on
 `WORKDIR/.lock` for the life of the run; the kernel releases it when the process dies however it dies
@@ -50,11 +51,6 @@ class RunDir:
     def checkpoints(self) -> str:
         """orbax checkpoints, one folder per step (`train.loop.checkpoint.Checkpointer`)."""
         return os.path.join(self.path, CHECKPOINTS_DIR)
-
-    @property
-    def corrupt_checkpoints(self) -> str:
-        """Where damaged checkpoints are moved when a resume skips them."""
-        return os.path.join(self.path, CORRUPT_DIR)
 
     @property
     def metrics_file(self) -> str:
