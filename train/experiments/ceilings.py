@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +68,19 @@ def decoding_ceilings(coords: np.ndarray, annotated: np.ndarray, head_sizes: np.
     return out
 
 
+def dataset_people(cfg: Any, log: Callable[[str], None] = print) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+    """(dataset name, coords [N, 16, 2], annotated [N, 16] (every annotated joint, as validation scores them),
+    head sizes [N]) of the validation people of `cfg`'s dataset in `cfg`'s crop (a `train.loop.config.Config`)."""
+    from train.loop.data import crop_joints, open_datasets  # the data stack, only when a dataset is read
+
+    ds = open_datasets(cfg, log=log)
+    return (ds.name, *crop_joints(ds.val, ds.val[0]["image"].shape[0], inside_only=False))
+
+
 def hm_caps(cfg: Any, sides: Sequence[int]) -> dict[int, float]:
     """{side n: PCKh total (%) of HM's own target decoded on n × n maps} for the validation people of `cfg`'s
     dataset, in `cfg`'s crop, with `cfg.sigma` (a `train.loop.config.Config`; the dataset must be prepared)."""
-    from train.loop.data import crop_joints, open_datasets  # the data stack, only when a dataset is read
-
-    ds = open_datasets(cfg, log=lambda _: None)
-    coords, mask, heads = crop_joints(ds.val, ds.val[0]["image"].shape[0], inside_only=False)
+    _, coords, mask, heads = dataset_people(cfg, log=lambda _: None)
     return {n: row[0] for n, row in decoding_ceilings(coords, mask, heads, sides, cfg.sigma).items()}
 
 
@@ -118,14 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             name = f"MPII ({args.valid_h5})"
             coords, mask, heads = valid_h5_people(args.valid_h5)
         else:
-            # Imported late: --help and --valid-h5 need no data stack.
-            from train.loop.data import crop_joints, open_datasets
-
             cfg = config_lib.resolve({**config_lib.CPU_SIZED, "dataset": args.dataset or "synthetic",
                                       "data_dir": args.data_dir})
-            ds = open_datasets(cfg)
-            name = ds.name
-            coords, mask, heads = crop_joints(ds.val, ds.val[0]["image"].shape[0], inside_only=False)
+            name, coords, mask, heads = dataset_people(cfg)
         table = decoding_ceilings(coords, mask, heads, args.sides, args.sigma)
     except (ValueError, OSError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
